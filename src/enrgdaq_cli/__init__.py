@@ -1,0 +1,1 @@
+"""The `daq` command-line app: one module per subcommand; each parses, calls core, renders."""

@@ -1,0 +1,52 @@
+"""`daq broker`: run the pub/sub hub."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from enrgdaq_cli._common import BrokerOpt, broker_address, setup_logging
+
+HELP = """Run the pub/sub hub that sources publish to and stores subscribe from.
+
+Lossless by default: a slow store slows the sources, nothing is dropped. Monitors (tap,
+stats) use a separate dropping endpoint and never slow anyone down.
+
+Examples:
+
+  daq broker                              # ipc sockets in the per-user runtime dir
+
+  daq broker --broker tcp://0.0.0.0:5550  # tcp: ports 5550 in, 5551 out, 5552 mon, 5553 ctl
+"""
+
+
+def broker(
+    address: BrokerOpt = None,
+    hwm: Annotated[int, typer.Option(help="Messages queued per peer before backpressure.")] = 1000,
+    name: Annotated[str, typer.Option(help="Name in stats (stats.<name>).")] = "broker",
+) -> None:
+    from enrgdaq_core.broker import Broker
+
+    setup_logging(name=name)
+    addr = broker_address(address)
+    b = Broker(addr, name=name, hwm=hwm)
+    try:
+        b.bind()
+    except Exception as exc:  # zmq.ZMQError: address in use, bad interface
+        typer.echo(f"daq: error: cannot bind {addr.base}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    def handler(_signum: int, _frame: Any) -> None:
+        b.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    typer.echo(
+        f"broker {name} listening: in {addr.inbound}  out {addr.outbound}  "
+        f"mon {addr.monitor}  ctl {addr.control}",
+        err=True,
+    )
+    b.run()
+    typer.echo(f"broker {name} stopped", err=True)

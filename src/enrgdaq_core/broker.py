@@ -1,0 +1,278 @@
+"""The pub/sub hub: a C zmq proxy (XSUB in, XPUB out) with a counting, monitoring side path.
+
+The data path never enters Python: `zmq.proxy` forwards in libzmq, and XPUB_NODROP turns a full
+consumer queue into backpressure. Every message is also handed to the proxy's capture socket;
+a Python thread reads that copy to count messages and bytes per topic, to track subscriptions,
+and to republish on the monitor endpoint, where a slow monitor loses messages, never the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import zmq
+
+from enrgdaq_core.envelope import TOPIC_END, Kind, Source, decode_body, encode_body
+from enrgdaq_core.stats import ProcessSampler, StatsReport
+from enrgdaq_core.transport import (
+    DATA_HWM,
+    MONITOR_HWM,
+    BrokerAddress,
+    CurveKeys,
+    TelemetryPublisher,
+    _secure,
+)
+
+_CAPTURE = "inproc://enrgdaq-broker-capture"
+
+
+def topic_prefix(topic: bytes) -> str:
+    """The counting key: the class and piece of a topic (`data.sensor1`)."""
+    return topic.rstrip(TOPIC_END).decode(errors="replace")
+
+
+@dataclass
+class TopicCounter:
+    messages: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class BrokerState:
+    started: float = field(default_factory=time.time)
+    counters: dict[str, TopicCounter] = field(default_factory=dict)
+    subscriptions: dict[bytes, int] = field(default_factory=lambda: defaultdict(int))
+    monitor_dropped: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "uptime_s": time.time() - self.started,
+                "topics": {k: [c.messages, c.bytes] for k, c in self.counters.items()},
+                "subscriptions": [
+                    s.decode(errors="replace").rstrip("\x00")
+                    + ("" if not s.endswith(TOPIC_END) else "$")
+                    for s, n in self.subscriptions.items()
+                    if n > 0
+                ],
+                "monitor_dropped": self.monitor_dropped,
+            }
+
+
+class Broker:
+    """Owns the four endpoints; `run()` blocks until `stop()` (from a signal handler or thread)."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        name: str = "broker",
+        hwm: int = DATA_HWM,
+        stats_interval: float = 1.0,
+        keys: CurveKeys | None = None,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.hwm = hwm
+        self.stats_interval = stats_interval
+        self.keys = keys
+        self.state = BrokerState()
+        self._ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://") :]
+            if os.path.exists(path):
+                os.unlink(path)  # stale socket of a broker that died; bind would fail otherwise
+        _secure(sock, endpoint, self.keys, server=True)
+        sock.bind(endpoint)
+
+    def bind(self) -> None:
+        """Bind every endpoint now, so a caller can report where we listen before `run()`."""
+        ctx = self._ctx
+        self._xsub = ctx.socket(zmq.XSUB)
+        self._xsub.rcvhwm = self.hwm
+        self._xpub = ctx.socket(zmq.XPUB)
+        self._xpub.setsockopt(zmq.XPUB_NODROP, 1)
+        self._xpub.sndhwm = self.hwm
+        self._xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, for counting
+        self._capture = ctx.socket(zmq.PAIR)
+        self._capture.sndhwm = 0  # the counter must see everything: it is on the critical path
+        self._capture.bind(_CAPTURE)
+        self._monitor = ctx.socket(zmq.PUB)
+        self._monitor.sndhwm = MONITOR_HWM
+        self._control = ctx.socket(zmq.REP)
+        self._bind(self._xsub, self.address.inbound)
+        self._bind(self._xpub, self.address.outbound)
+        self._bind(self._monitor, self.address.monitor)
+        self._bind(self._control, self.address.control)
+        # Take everything from every source: the monitor endpoint and the counters see all
+        # traffic even when no lossless consumer asked for it.
+        self._xsub.send(b"\x01")
+
+    def run(self) -> None:
+        if not hasattr(self, "_xsub"):
+            self.bind()
+        counter = threading.Thread(target=self._count, name="broker-counter", daemon=True)
+        control = threading.Thread(target=self._serve_control, name="broker-control", daemon=True)
+        stats = threading.Thread(target=self._publish_stats, name="broker-stats", daemon=True)
+        proxy = threading.Thread(target=self._proxy, name="broker-proxy", daemon=True)
+        self._threads = [counter, control, stats, proxy]
+        for t in self._threads:
+            t.start()
+        self._stop.wait()
+        self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _proxy(self) -> None:
+        try:
+            zmq.proxy(self._xsub, self._xpub, self._capture)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError:
+            if not self._stop.is_set():
+                raise
+
+    def _count(self) -> None:
+        sock = self._ctx.socket(zmq.PAIR)
+        sock.rcvhwm = 0
+        sock.connect(_CAPTURE)
+        state = self.state
+        counters = state.counters
+        monitor = self._monitor
+        try:
+            while True:
+                parts = sock.recv_multipart()
+                first = parts[0]
+                if len(parts) == 1 and first[:1] in (b"\x00", b"\x01"):
+                    with state.lock:
+                        state.subscriptions[first[1:]] += 1 if first[0] == 1 else -1
+                    continue
+                key = topic_prefix(first)
+                c = counters.get(key)
+                if c is None:
+                    with state.lock:  # snapshot() iterates the dict under this lock
+                        c = counters[key] = TopicCounter()
+                c.messages += 1
+                c.bytes += sum(map(len, parts))
+                try:
+                    monitor.send_multipart(parts, zmq.NOBLOCK)
+                except zmq.Again:
+                    state.monitor_dropped += 1
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            sock.close(linger=0)
+
+    def _serve_control(self) -> None:
+        sock = self._control
+        try:
+            while True:
+                request = sock.recv()
+                try:
+                    cmd = decode_body(request, dict).get("cmd")
+                except Exception:
+                    cmd = None
+                if cmd in ("status", "subscriptions", "counters"):
+                    sock.send(encode_body(self.state.snapshot()))
+                else:
+                    sock.send(encode_body({"error": f"unknown command {cmd!r}"}))
+        except zmq.ContextTerminated:
+            pass
+
+    def _publish_stats(self) -> None:
+        pub = TelemetryPublisher(self.address, ctx=self._ctx)
+        source = Source(self.name, topic=f"stats.{self.name}")
+        sampler = ProcessSampler()
+        last = {}
+        last_t = time.monotonic()
+        try:
+            while not self._stop.wait(self.stats_interval):
+                snap = self.state.snapshot()
+                now = time.monotonic()
+                dt = max(now - last_t, 1e-9)
+                msgs = sum(v[0] for k, v in snap["topics"].items() if not k.startswith("stats."))
+                nbytes = sum(v[1] for k, v in snap["topics"].items() if not k.startswith("stats."))
+                report = StatsReport(
+                    piece=self.name,
+                    role="broker",
+                    msgs_in=msgs,
+                    msgs_out=msgs,
+                    bytes_in=nbytes,
+                    bytes_out=nbytes,
+                    rate_in=(msgs - last.get("m", 0)) / dt,
+                    rate_out=(msgs - last.get("m", 0)) / dt,
+                    mb_in=(nbytes - last.get("b", 0)) / dt / 1e6,
+                    extra={
+                        "topics": snap["topics"],
+                        "subscriptions": snap["subscriptions"],
+                        "monitor_dropped": snap["monitor_dropped"],
+                    },
+                    **sampler.sample(),
+                )
+                last = {"m": msgs, "b": nbytes}
+                last_t = now
+                pub.send(source.control(Kind.STATS, source.topic, report))
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            pub.close()
+
+    def _shutdown(self) -> None:
+        for sock in (self._xsub, self._xpub, self._monitor, self._control, self._capture):
+            sock.close(linger=0)
+        self._ctx.term()
+        for endpoint in (
+            self.address.inbound,
+            self.address.outbound,
+            self.address.monitor,
+            self.address.control,
+        ):
+            if endpoint.startswith("ipc://"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(endpoint[len("ipc://") :])
+
+
+def query(address: BrokerAddress, cmd: str = "status", timeout: float = 2.0) -> dict[str, Any]:
+    """Ask a running broker (its control endpoint); raises TimeoutError if none answers."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(address.control)
+        sock.send(encode_body({"cmd": cmd}))
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no broker answered at {address.control}")
+        return msgspec.msgpack.decode(sock.recv())
+    finally:
+        sock.close()
+
+
+def wait_for_subscriptions(
+    address: BrokerAddress, topics: list[str], timeout: float = 10.0
+) -> bool:
+    """True once a lossless consumer has subscribed to each topic (the slow-joiner guard)."""
+    want = {t.rstrip("*") for t in topics}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            subs = query(address, "subscriptions", timeout=1.0)["subscriptions"]
+        except TimeoutError:
+            subs = []
+        have = {s.rstrip("$") for s in subs}
+        if all(any(t.startswith(h) for h in have) for t in want):
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,177 @@
+"""Where a command's envelopes come from and go to: the broker or a byte stream (pipe, file).
+
+Every command (job run, tap, store, replay) takes its input and output through these two
+functions, so `daq job run x.toml | daq store csv` and the broker path behave the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sys
+import threading
+from typing import BinaryIO, Protocol
+
+from enrgdaq_core.envelope import Envelope
+from enrgdaq_core.stream import StreamDamage, StreamError, StreamReader, StreamWriter
+from enrgdaq_core.transport import BrokerAddress, CurveKeys, Mode, Publisher, Subscriber
+
+
+class EndOfInput(Exception):
+    """The input is finished: EOF of a stream (check `damage` for how it ended)."""
+
+
+class Output(Protocol):
+    def send(self, env: Envelope) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Input(Protocol):
+    damage: StreamDamage | StreamError | None
+
+    def recv(self, timeout: float | None = None) -> Envelope | None: ...
+    def close(self) -> None: ...
+
+
+class BrokerOutput:
+    def __init__(
+        self, address: BrokerAddress, *, wait: float | None = 10.0, keys: CurveKeys | None = None
+    ) -> None:
+        self.publisher = Publisher(address, keys=keys)
+        if wait is not None and not self.publisher.wait_ready(wait):
+            self.publisher.close(linger=0)
+            raise ConnectionError(
+                f"no broker at {address.inbound} after {wait:g} s (start one with `daq broker`)"
+            )
+
+    def send(self, env: Envelope) -> None:
+        self.publisher.send(env)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.publisher.close()
+
+
+class StreamOutput:
+    def __init__(self, fileobj: BinaryIO, meta: dict | None = None) -> None:
+        self.writer = StreamWriter(fileobj, meta)
+        self._f = fileobj
+
+    def send(self, env: Envelope) -> None:
+        self.writer.write(env)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._f.flush()
+
+
+class BrokerInput:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        topics: list[str],
+        *,
+        mode: Mode = "lossless",
+        hwm: int | None = None,
+        keys: CurveKeys | None = None,
+    ) -> None:
+        self.subscriber = Subscriber(address, topics, mode=mode, hwm=hwm, keys=keys)
+        self.damage = None
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        return self.subscriber.recv(timeout)
+
+    def close(self) -> None:
+        self.subscriber.close()
+
+
+_DONE = object()
+
+
+class StreamInput:
+    """Reads a stream on a thread so a consumer can wait with a timeout (to flush, to report).
+
+    The queue is bounded: a slow consumer stops the thread reading, and the pipe's writer
+    blocks, which is the backpressure a pipe should give.
+    """
+
+    def __init__(self, fileobj: BinaryIO, *, depth: int = 256) -> None:
+        self.damage: StreamDamage | StreamError | None = None
+        self.meta: dict = {}
+        self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._f = fileobj
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="stream-input", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            reader = StreamReader(self._f)
+            self.meta = reader.meta.meta
+            for rec in reader:
+                self._q.put(rec.envelope)
+        except (StreamDamage, StreamError) as exc:
+            self.damage = exc
+        except (OSError, ValueError) as exc:
+            self.damage = StreamError(f"read failed: {exc}")
+        finally:
+            self._q.put(_DONE)
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        try:
+            item = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _DONE:
+            self._q.put(_DONE)  # later calls see the end again
+            raise EndOfInput
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        pass
+
+
+def stdout_is_pipe() -> bool:
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def open_output(
+    target: str | None,
+    address: BrokerAddress,
+    *,
+    meta: dict | None = None,
+    wait: float | None = 10.0,
+    keys: CurveKeys | None = None,
+) -> Output:
+    """`-` writes the stream to stdout; None or `broker` publishes to the broker."""
+    if target == "-":
+        return StreamOutput(sys.stdout.buffer, meta)
+    if target in (None, "broker"):
+        return BrokerOutput(address, wait=wait, keys=keys)
+    return StreamOutput(open(target, "wb"), meta)  # noqa: SIM115 - closed by the caller
+
+
+def open_input(
+    source: str | None,
+    address: BrokerAddress,
+    topics: list[str],
+    *,
+    mode: Mode = "lossless",
+    hwm: int | None = None,
+    keys: CurveKeys | None = None,
+) -> Input:
+    """`-` reads the stream from stdin; None or `broker` subscribes to `topics`."""
+    if source == "-":
+        return StreamInput(sys.stdin.buffer)
+    if source in (None, "broker"):
+        return BrokerInput(address, topics, mode=mode, hwm=hwm, keys=keys)
+    return StreamInput(open(source, "rb"))  # noqa: SIM115 - read to the end by the thread

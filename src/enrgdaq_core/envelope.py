@@ -1,0 +1,233 @@
+"""The one envelope: topic + header + payload, identical on a socket, in a pipe and on disk.
+
+Every piece encodes and decodes messages through this module only; `stream` frames the same
+three parts as records for pipes and run files. Headers are msgpack (msgspec), never pickle,
+so a peer cannot make us run code by sending a message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+HEADER_VERSION = 1
+"""Major header version. A decoder refuses a higher major; unknown fields of the same major are
+ignored, so fields can be added without breaking older readers."""
+
+TOPIC_END = b"\x00"
+"""Terminator appended to every topic frame, so a subscription to `data.sensor1` never matches
+`data.sensor10` (ZMQ subscriptions are byte prefixes)."""
+
+
+class Kind(StrEnum):
+    TABLE = "table"  # payload: one Arrow IPC stream (schema + record batches)
+    RAW = "raw"  # payload: opaque bytes
+    STATS = "stats"  # payload: msgpack StatsReport (see stats.py)
+    LOG = "log"  # payload: msgpack {level, message}
+    ALERT = "alert"  # payload: msgpack Alert
+    EOS = "eos"  # end of stream: the source stopped on purpose; payload empty
+    RUN = "run"  # run boundary: payload msgpack {run, state, time_ns}
+
+
+DATA_KINDS = frozenset({Kind.TABLE, Kind.RAW})
+
+
+class ShmRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a large payload lies in a shared-memory ring on this host (payload frame empty)."""
+
+    segment: str
+    offset: int
+    size: int
+    generation: int
+
+
+class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = HEADER_VERSION
+    kind: Kind
+    source: str
+    seq: int = 0
+    time_ns: int = 0
+    epoch: int = 0  # start time (ns) of the source process: a new epoch restarts its sequence
+    run: int = 0
+    tag: str = ""
+    node: str = ""
+    rows: int = 0
+    store: dict[str, dict[str, Any]] = {}
+    shm: ShmRef | None = None
+
+
+class EnvelopeError(ValueError):
+    """A message that cannot be decoded: counted and logged by consumers, never fatal."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(Header)
+
+
+def encode_header(header: Header) -> bytes:
+    return _encoder.encode(header)
+
+
+def decode_header(data: bytes | memoryview) -> Header:
+    try:
+        header = _header_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise EnvelopeError(f"undecodable header: {exc}") from None
+    if header.v > HEADER_VERSION:
+        raise EnvelopeError(
+            f"header version {header.v} is newer than this reader ({HEADER_VERSION})"
+        )
+    return header
+
+
+def topic_frame(topic: str) -> bytes:
+    return topic.encode() + TOPIC_END
+
+
+def parse_topic(frame: bytes | memoryview) -> str:
+    raw = bytes(frame)
+    if not raw.endswith(TOPIC_END):
+        raise EnvelopeError(f"topic frame {raw[:40]!r} lacks its terminator")
+    try:
+        return raw[:-1].decode()
+    except UnicodeDecodeError:
+        raise EnvelopeError(f"topic frame {raw[:40]!r} is not UTF-8") from None
+
+
+def subscription(pattern: str) -> bytes:
+    """The ZMQ subscription prefix for a topic pattern.
+
+    `data.sensor1` is exact (terminated); `data.` or `data.sensor*` are prefixes; `` is all.
+    """
+    if pattern in ("", "*"):
+        return b""
+    if pattern.endswith("*"):
+        return pattern[:-1].encode()
+    if pattern.endswith("."):
+        return pattern.encode()
+    return pattern.encode() + TOPIC_END
+
+
+def data_topic(source: str) -> str:
+    return f"data.{source}"
+
+
+@dataclass(slots=True)
+class Envelope:
+    topic: str
+    header: Header
+    payload: bytes | memoryview = b""
+    _table: Any = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> Kind:
+        return self.header.kind
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
+
+    def table(self) -> pa.Table:
+        """The payload as an Arrow table (decoded once, lazily: pyarrow loads only here)."""
+        if self.header.kind is not Kind.TABLE:
+            raise EnvelopeError(f"{self.topic}: a {self.header.kind} message has no table")
+        if self._table is None:
+            from enrgdaq_core.tables import decode_table
+
+            self._table = decode_table(self.payload)
+        return self._table
+
+    def frames(self) -> list[bytes | memoryview]:
+        return [topic_frame(self.topic), encode_header(self.header), self.payload]
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[bytes | memoryview]) -> Envelope:
+        if len(frames) != 3:
+            raise EnvelopeError(f"expected 3 frames (topic, header, payload), got {len(frames)}")
+        return cls(parse_topic(frames[0]), decode_header(frames[1]), frames[2])
+
+
+_NODE = os.environ.get("DAQ_NODE") or socket.gethostname()
+
+
+def node_name() -> str:
+    return _NODE
+
+
+class Source:
+    """Stamps outgoing messages of one source: topic, sequence number, time, run, store settings.
+
+    One instance per publishing piece; the sequence counts every message of the source, whatever
+    its kind, so a consumer can tell exactly how many it missed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        topic: str | None = None,
+        run: int = 0,
+        tag: str = "",
+        store: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.name = name
+        self.topic = topic or data_topic(name)
+        self.run = run
+        self.tag = tag
+        self.store = store or {}
+        self.epoch = time.time_ns()
+        self.seq = 0
+
+    def _header(self, kind: Kind, rows: int = 0) -> Header:
+        header = Header(
+            kind=kind,
+            source=self.name,
+            seq=self.seq,
+            time_ns=time.time_ns(),
+            epoch=self.epoch,
+            run=self.run,
+            tag=self.tag,
+            node=_NODE,
+            rows=rows,
+            store=self.store,
+        )
+        self.seq += 1
+        return header
+
+    def table(self, table: pa.Table | pa.RecordBatch) -> Envelope:
+        from enrgdaq_core.tables import encode_table
+
+        env = Envelope(self.topic, self._header(Kind.TABLE, table.num_rows), encode_table(table))
+        env._table = table
+        return env
+
+    def raw(self, data: bytes | memoryview) -> Envelope:
+        return Envelope(self.topic, self._header(Kind.RAW), data)
+
+    def end_of_stream(self) -> Envelope:
+        return Envelope(self.topic, self._header(Kind.EOS))
+
+    def control(self, kind: Kind, topic: str, body: object) -> Envelope:
+        """A telemetry message (stats, log, alert, run) on its own topic, msgpack body."""
+        return Envelope(topic, self._header(kind), _encoder.encode(body))
+
+
+def encode_body(body: object) -> bytes:
+    return _encoder.encode(body)
+
+
+def decode_body(payload: bytes | memoryview, type_: Any = Any) -> Any:
+    try:
+        return msgspec.msgpack.decode(payload, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise EnvelopeError(f"undecodable body: {exc}") from None

@@ -1,0 +1,92 @@
+"""Job types: built-ins, the seed's names as aliases, custom classes by import path or plugin.
+
+`daq_job_type` may be a built-in name (`sensor`), a seed alias (`DAQJobTest`), an import path
+(`my_pkg.jobs:MyJob`), or a name registered by a package under the `enrgdaq.jobs` entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from enrgdaq_core.config import ConfigError, ConfigIssue, convert, read_toml
+from enrgdaq_core.jobs.base import Job, JobConfig
+
+_BUILTINS = {
+    "sensor": "enrgdaq_core.jobs.sensor:SensorJob",
+    "digitizer": "enrgdaq_core.jobs.digitizer:DigitizerJob",
+    "metrics": "enrgdaq_core.jobs.metrics:MetricsJob",
+    "test": "enrgdaq_core.jobs.test_job:TestJob",
+}
+_ALIASES = {
+    "DAQJobTest": "test",
+    "DAQJobPCMetrics": "metrics",
+    "pc_metrics": "metrics",
+}
+
+
+def _load(path: str) -> type[Job]:
+    module, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Job)):
+        raise TypeError(f"{path} is not a subclass of enrgdaq_core.jobs.base.Job")
+    return obj
+
+
+def _plugins() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group="enrgdaq.jobs")}
+
+
+def names() -> list[str]:
+    """Every job type name this installation knows (built-ins first, then plugins)."""
+    return list(_BUILTINS) + sorted(n for n in _plugins() if n not in _BUILTINS)
+
+
+def resolve(type_name: str) -> type[Job]:
+    """The Job class for a `daq_job_type` value; LookupError says what is known."""
+    name = _ALIASES.get(type_name, type_name)
+    if name in _BUILTINS:
+        return _load(_BUILTINS[name])
+    plugin = _plugins().get(name)
+    if plugin is not None:
+        cls = plugin.load()
+        if not (isinstance(cls, type) and issubclass(cls, Job)):
+            raise LookupError(f"entry point {name!r} does not name a Job subclass")
+        return cls
+    if ":" in name:
+        try:
+            return _load(name)
+        except (ImportError, AttributeError) as exc:
+            raise LookupError(f"cannot import {name!r}: {exc}") from None
+        except TypeError as exc:
+            raise LookupError(str(exc)) from None
+    known = ", ".join(names() + sorted(_ALIASES))
+    raise LookupError(f"unknown job type {type_name!r} (known: {known}; or module:Class)")
+
+
+def load_job(path: str | Path, *, name: str | None = None) -> Job:
+    """Read, validate and instantiate the job of one TOML file (ConfigError on any problem)."""
+    path = Path(path)
+    data = read_toml(path)
+    type_name = data.get("daq_job_type")
+    if type_name is None:
+        raise ConfigError(
+            [ConfigIssue(str(path), "daq_job_type", "missing required key (a job type name)")]
+        )
+    if not isinstance(type_name, str):
+        raise ConfigError(
+            [ConfigIssue(str(path), "daq_job_type", f"expected a string, got {type_name!r}")]
+        )
+    try:
+        cls = resolve(type_name)
+    except LookupError as exc:
+        raise ConfigError([ConfigIssue(str(path), "daq_job_type", str(exc))]) from None
+    config = convert(data, cls.Config, path)
+    return cls(config, name or config.name or path.stem)
+
+
+__all__ = ["Job", "JobConfig", "load_job", "names", "resolve"]

@@ -1,0 +1,74 @@
+"""A simulated digitizer: events of N channels x M samples at a set rate (the load generator)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from enrgdaq_core.jobs.base import Job, JobConfig
+
+
+class DigitizerConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
+    interval_seconds: float = 0.01
+    channels: int = 4
+    samples: int = 1024
+    event_rate: float = 100.0  # events per second; spread over steps of interval_seconds
+    baseline: int = 1000
+    pulse_height: int = 500
+    noise: float = 5.0
+    output: Literal["table", "raw"] = "table"
+    seed: int | None = None
+
+
+class DigitizerJob(Job):
+    type_name = "digitizer"
+    description = "Simulated digitizer: events of channels x samples waveforms at an event rate."
+    Config = DigitizerConfig
+
+    def start(self) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        cfg: DigitizerConfig = self.config  # type: ignore[assignment]
+        self._np, self._pa = np, pa
+        self._rng = np.random.default_rng(cfg.seed)
+        self._event = 0
+        self._owed = 0.0
+        t = np.arange(cfg.samples)
+        peak = cfg.samples // 4
+        self._pulse = np.where(t >= peak, np.exp(-(t - peak) / max(cfg.samples / 20, 1)), 0.0)
+        self._schema = pa.schema(
+            [
+                ("event", pa.uint64()),
+                ("timestamp", pa.timestamp("ns", tz="UTC")),
+                ("trigger_channel", pa.int16()),
+            ]
+            + [(f"ch{i}", pa.list_(pa.int16(), cfg.samples)) for i in range(cfg.channels)]
+        )
+
+    def step(self) -> object:
+        cfg: DigitizerConfig = self.config  # type: ignore[assignment]
+        np, pa = self._np, self._pa
+        self._owed += cfg.event_rate * (self.interval or 1.0)
+        n = int(self._owed)
+        if n == 0:
+            return None
+        self._owed -= n
+        shape = (n, cfg.channels, cfg.samples)
+        noise = self._rng.normal(0.0, cfg.noise, size=shape)
+        amp = self._rng.uniform(0.2, 1.0, size=(n, cfg.channels, 1)) * cfg.pulse_height
+        waves = (cfg.baseline - amp * self._pulse + noise).astype(np.int16)
+        first = self._event
+        self._event += n
+        if cfg.output == "raw":
+            return waves.tobytes()
+        now = time.time_ns()
+        cols = [
+            pa.array(np.arange(first, first + n, dtype=np.uint64)),
+            pa.array(np.full(n, now, dtype=np.int64)).cast(pa.timestamp("ns", tz="UTC")),
+            pa.array(self._rng.integers(0, cfg.channels, size=n, dtype=np.int16)),
+        ]
+        for ch in range(cfg.channels):
+            flat = pa.array(np.ascontiguousarray(waves[:, ch, :]).ravel())
+            cols.append(pa.FixedSizeListArray.from_arrays(flat, cfg.samples))
+        return pa.RecordBatch.from_arrays(cols, schema=self._schema)

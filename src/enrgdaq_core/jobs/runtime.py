@@ -1,0 +1,132 @@
+"""Runs one job: pace its steps, stamp and publish what it returns, report, stop cleanly.
+
+SIGTERM/SIGINT set a flag; the current step finishes, an end-of-stream message goes out, the
+job's `stop()` runs, and the process exits 0. The same runtime serves `daq job run` and the
+supervisor's children, on a broker or on a pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from enrgdaq_core.channels import Output
+from enrgdaq_core.envelope import Kind, Source
+from enrgdaq_core.jobs.base import Job, as_outputs
+from enrgdaq_core.stats import Meter
+from enrgdaq_core.transport import TelemetryPublisher
+
+log = logging.getLogger("enrgdaq.job")
+
+
+class StopFlag:
+    """Set by signals or by the caller; `wait()` doubles as an interruptible sleep."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal: int | None = None
+
+    def set(self, signum: int | None = None) -> None:
+        self.signal = signum
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+def install_signal_handlers(flag: StopFlag) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        flag.set(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    _watch_parent(flag)
+
+
+def _watch_parent(flag: StopFlag) -> None:
+    """Stop when the supervisor that started us is gone (a kill -9 must leave no orphans)."""
+    parent = os.environ.get("DAQ_PARENT_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the kernel tells us at once
+    except (OSError, AttributeError):
+        pass
+    pid = int(parent)
+
+    def watch() -> None:
+        while not flag.wait(1.0):
+            if os.getppid() != pid:
+                flag.set(signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def run_job(
+    job: Job,
+    output: Output,
+    *,
+    stop: StopFlag,
+    telemetry: TelemetryPublisher | None = None,
+    run: int = 0,
+    max_messages: int | None = None,
+    stats_interval: float = 1.0,
+    on_report: Callable[[Any], None] | None = None,
+) -> Meter:
+    """Drive `job` until `stop` is set (or `max_messages` are sent); returns its counters."""
+    cfg = job.config
+    source = Source(job.name, run=run, tag=cfg.tag, store=cfg.store_config.for_header())
+    stats_source = Source(job.name, topic=f"stats.{job.name}")
+    meter = Meter(job.name, "job")
+    interval = job.interval
+    next_report = time.monotonic() + stats_interval
+    job.start()
+    try:
+        deadline = time.monotonic()
+        while not stop.is_set():
+            for item in as_outputs(job.step()):
+                if isinstance(item, bytes | bytearray | memoryview):
+                    env = source.raw(item)
+                else:
+                    env = source.table(item)
+                output.send(env)
+                meter.sent(env.nbytes, env.header.rows)
+                if max_messages is not None and meter.msgs_out >= max_messages:
+                    stop.set()
+            now = time.monotonic()
+            if now >= next_report:
+                report = meter.report()
+                if telemetry is not None:
+                    telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
+                if on_report is not None:
+                    on_report(report)
+                next_report = now + stats_interval
+            if interval > 0:
+                deadline += interval
+                delay = deadline - time.monotonic()
+                if delay < -interval:  # fell behind by more than a step: do not burst to catch up
+                    deadline = time.monotonic()
+                elif delay > 0:
+                    stop.wait(delay)
+    finally:
+        try:
+            output.send(source.end_of_stream())
+            output.flush()
+        finally:
+            job.stop()
+            if telemetry is not None:
+                report = meter.report()
+                report.extra["final"] = True
+                telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
+    return meter

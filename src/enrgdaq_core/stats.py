@@ -1,0 +1,233 @@
+"""Telemetry every piece sends each second: what it did, how late, what it lost.
+
+Reports travel as msgpack (kind `stats`, topic `stats.<piece>`) so that `daq stats` never has
+to load pyarrow. Loss is counted exactly from per-source sequence numbers; latency comes from
+a log-bucketed histogram of (receive time - header send time), not an average.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import msgspec
+
+from enrgdaq_core.envelope import Header, node_name
+
+
+class StatsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    piece: str
+    role: str  # job, store, broker, monitor, supervisor, bridge
+    node: str = msgspec.field(default_factory=node_name)
+    pid: int = msgspec.field(default_factory=os.getpid)
+    time_ns: int = msgspec.field(default_factory=time.time_ns)
+    uptime_s: float = 0.0
+    msgs_in: int = 0
+    msgs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    rate_in: float = 0.0  # messages/s over the last interval
+    rate_out: float = 0.0
+    mb_in: float = 0.0  # MB/s over the last interval
+    mb_out: float = 0.0
+    lost: int = 0  # messages missed, from sequence gaps
+    undecodable: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+    queue: int = 0  # messages or rows waiting inside the piece
+    restarts: int = 0
+    cpu_percent: float = 0.0
+    rss_mb: float = 0.0
+    last_in_ns: int = 0
+    last_out_ns: int = 0
+    extra: dict[str, Any] = {}
+
+
+class LatencyHistogram:
+    """Log-bucketed latency histogram: 20 buckets per decade from 1 us to 1000 s (~12% wide)."""
+
+    PER_DECADE = 20
+    LOW = 1e-6
+    BUCKETS = PER_DECADE * 9 + 2
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.BUCKETS
+        self.n = 0
+        self.max = 0.0
+
+    def add(self, seconds: float) -> None:
+        if seconds <= self.LOW:
+            i = 0
+        else:
+            i = min(self.BUCKETS - 1, 1 + int(math.log10(seconds / self.LOW) * self.PER_DECADE))
+        self.counts[i] += 1
+        self.n += 1
+        if seconds > self.max:
+            self.max = seconds
+
+    def percentile(self, q: float) -> float | None:
+        """Upper edge of the bucket holding the q-th quantile (seconds), None when empty."""
+        if self.n == 0:
+            return None
+        rank = q * self.n
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank and c:
+                if i == 0:
+                    return self.LOW
+                upper = self.LOW * 10 ** (i / self.PER_DECADE)
+                return min(upper, self.max)
+        return self.max
+
+    def reset(self) -> None:
+        self.counts = [0] * self.BUCKETS
+        self.n = 0
+        self.max = 0.0
+
+
+class SequenceTracker:
+    """Per-source gap accounting. A new epoch (the source restarted) starts a new sequence."""
+
+    __slots__ = ("expected", "epochs", "lost", "duplicates", "received")
+
+    def __init__(self) -> None:
+        self.expected: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+
+    def observe(self, header: Header) -> int:
+        """Record one message; returns how many were missed just before it."""
+        src = header.source
+        seq = header.seq
+        self.received[src] = self.received.get(src, 0) + 1
+        if self.epochs.get(src) != header.epoch:
+            # First message of this source (or of its new incarnation): messages before seq 0
+            # of a new epoch were never sent to us, unless we joined late, which a seq > 0 shows.
+            known = src in self.epochs
+            self.epochs[src] = header.epoch
+            self.expected[src] = seq + 1
+            gap = seq if known else 0
+            if gap:
+                self.lost[src] = self.lost.get(src, 0) + gap
+            return gap
+        want = self.expected[src]
+        if seq == want:
+            self.expected[src] = seq + 1
+            return 0
+        if seq > want:
+            gap = seq - want
+            self.lost[src] = self.lost.get(src, 0) + gap
+            self.expected[src] = seq + 1
+            return gap
+        self.duplicates[src] = self.duplicates.get(src, 0) + 1
+        return 0
+
+    @property
+    def total_lost(self) -> int:
+        return sum(self.lost.values())
+
+
+class ProcessSampler:
+    """CPU% and RSS of this process, cheap enough for a 1 s heartbeat."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        try:
+            import psutil
+
+            self._proc: Any = psutil.Process()
+            self._proc.cpu_percent(None)
+        except Exception:  # psutil missing or no /proc: report zeros, never fail the piece
+            self._proc = None
+
+    def sample(self) -> dict[str, float]:
+        out = {"uptime_s": time.monotonic() - self.started, "cpu_percent": 0.0, "rss_mb": 0.0}
+        if self._proc is not None:
+            try:
+                out["cpu_percent"] = self._proc.cpu_percent(None)
+                out["rss_mb"] = self._proc.memory_info().rss / 1e6
+            except Exception:
+                pass
+        return out
+
+
+class Meter:
+    """Counters of one piece plus the bookkeeping to turn them into a StatsReport each second."""
+
+    def __init__(self, piece: str, role: str) -> None:
+        self.piece = piece
+        self.role = role
+        self.msgs_in = self.msgs_out = 0
+        self.bytes_in = self.bytes_out = 0
+        self.rows_in = self.rows_out = 0
+        self.undecodable = 0
+        self.queue = 0
+        self.last_in_ns = self.last_out_ns = 0
+        self.latency = LatencyHistogram()
+        self.sequences = SequenceTracker()
+        self.extra: dict[str, Any] = {}
+        self._sampler = ProcessSampler()
+        self._last = (time.monotonic(), 0, 0, 0, 0)
+
+    def received(self, header: Header, nbytes: int, now_ns: int | None = None) -> int:
+        """Count one incoming message; returns the sequence gap before it."""
+        now_ns = now_ns or time.time_ns()
+        self.msgs_in += 1
+        self.bytes_in += nbytes
+        self.rows_in += header.rows
+        self.last_in_ns = now_ns
+        if header.time_ns:
+            self.latency.add(max(0, now_ns - header.time_ns) / 1e9)
+        return self.sequences.observe(header)
+
+    def sent(self, nbytes: int, rows: int = 0) -> None:
+        self.msgs_out += 1
+        self.bytes_out += nbytes
+        self.rows_out += rows
+        self.last_out_ns = time.time_ns()
+
+    def report(self) -> StatsReport:
+        """Build this interval's report and start a new interval."""
+        now = time.monotonic()
+        t0, mi, mo, bi, bo = self._last
+        dt = max(now - t0, 1e-9)
+        hist = self.latency
+
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1e3, 4)
+
+        report = StatsReport(
+            piece=self.piece,
+            role=self.role,
+            msgs_in=self.msgs_in,
+            msgs_out=self.msgs_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            rows_in=self.rows_in,
+            rows_out=self.rows_out,
+            rate_in=(self.msgs_in - mi) / dt,
+            rate_out=(self.msgs_out - mo) / dt,
+            mb_in=(self.bytes_in - bi) / dt / 1e6,
+            mb_out=(self.bytes_out - bo) / dt / 1e6,
+            lost=self.sequences.total_lost,
+            undecodable=self.undecodable,
+            latency_p50_ms=ms(hist.percentile(0.5)),
+            latency_p99_ms=ms(hist.percentile(0.99)),
+            latency_max_ms=ms(hist.max) if hist.n else None,
+            queue=self.queue,
+            last_in_ns=self.last_in_ns,
+            last_out_ns=self.last_out_ns,
+            extra=dict(self.extra),
+            **self._sampler.sample(),
+        )
+        hist.reset()
+        self._last = (now, self.msgs_in, self.msgs_out, self.bytes_in, self.bytes_out)
+        return report

@@ -1,0 +1,240 @@
+"""ZeroMQ transport: where the broker lives, and the sockets every piece opens to reach it.
+
+One broker address names four endpoints, so users pass one value (`--broker`, `DAQ_BROKER`):
+
+    ipc://DIR/broker   ->  DIR/broker.in  .out  .mon  .ctl
+    tcp://HOST:PORT    ->  PORT (in)  PORT+1 (out)  PORT+2 (mon)  PORT+3 (ctl)
+
+`in` takes what sources publish (XSUB); `out` serves lossless consumers (XPUB, no drop: a slow
+store slows the source); `mon` serves monitors (PUB fed by the proxy's capture: drops, never
+stalls anyone); `ctl` answers questions about the broker (REP: subscriptions, counters).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import zmq
+
+from enrgdaq_core.envelope import Envelope, EnvelopeError, subscription
+
+DEFAULT_TCP_PORT = 5550
+DATA_HWM = 1000  # messages queued per peer before backpressure (lossless) or drops (monitor)
+MONITOR_HWM = 1000
+
+Mode = Literal["lossless", "monitor"]
+
+
+def runtime_dir() -> Path:
+    """Per-user directory for ipc sockets and pid files (DAQ_RUNTIME_DIR overrides)."""
+    explicit = os.environ.get("DAQ_RUNTIME_DIR")
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "enrgdaq"
+    else:
+        path = Path(tempfile.gettempdir()) / f"enrgdaq-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+class AddressError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    base: str
+    inbound: str
+    outbound: str
+    monitor: str
+    control: str
+
+    @classmethod
+    def parse(cls, address: str | None = None) -> BrokerAddress:
+        """From an explicit address, else DAQ_BROKER, else the per-user ipc default."""
+        address = address or os.environ.get("DAQ_BROKER") or f"ipc://{runtime_dir()}/broker"
+        if address.startswith("ipc://"):
+            base = address[len("ipc://") :]
+            if not base:
+                raise AddressError(f"broker address {address!r}: ipc:// needs a path")
+            return cls(address, *(f"ipc://{base}.{s}" for s in ("in", "out", "mon", "ctl")))
+        if address.startswith("tcp://"):
+            parts = urlsplit(address)
+            try:
+                port = parts.port or DEFAULT_TCP_PORT
+            except ValueError:
+                raise AddressError(f"broker address {address!r}: bad port") from None
+            host = parts.hostname or "127.0.0.1"
+            if ":" in host:
+                host = f"[{host}]"
+            eps = [f"tcp://{host}:{port + i}" for i in range(4)]
+            return cls(f"tcp://{host}:{port}", *eps)
+        raise AddressError(f"broker address {address!r}: expected ipc://PATH or tcp://HOST:PORT")
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """CURVE keys for tcp endpoints: a server (broker) has its secret; clients know its public.
+
+    Reserved for several-host setups: every socket below goes through `_secure` so keys apply
+    everywhere at once when configured.
+    """
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None
+
+
+def _secure(sock: zmq.Socket, endpoint: str, keys: CurveKeys | None, *, server: bool) -> None:
+    if keys is None or not endpoint.startswith("tcp://"):
+        return
+    sock.curve_publickey = keys.public
+    sock.curve_secretkey = keys.secret
+    if server:
+        sock.curve_server = True
+    else:
+        if keys.server_public is None:
+            raise AddressError("CURVE client needs the broker's public key")
+        sock.curve_serverkey = keys.server_public
+
+
+def context() -> zmq.Context:
+    return zmq.Context.instance()
+
+
+class Publisher:
+    """The lossless data path of a source: XPUB connected to the broker's `in`.
+
+    XPUB rather than PUB so the source can see the broker's subscription and wait for it
+    before its first message (a PUB would silently drop what it sends before the link is up).
+    With XPUB_NODROP a full queue blocks the sender: backpressure, never loss.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        hwm: int = DATA_HWM,
+        keys: CurveKeys | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self.address = address
+        self._sock = (ctx or context()).socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self._sock.sndhwm = hwm
+        self._sock.linger = -1
+        _secure(self._sock, address.inbound, keys, server=False)
+        self._sock.connect(address.inbound)
+        self._subscribed = False
+
+    def wait_ready(self, timeout: float | None = 10.0) -> bool:
+        """Block until the broker has subscribed (the link is up), or the timeout passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._subscribed:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left is not None and left <= 0:
+                return False
+            if self._sock.poll(int(left * 1000) if left is not None else -1, zmq.POLLIN):
+                self._drain()
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                msg = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self._subscribed = True
+
+    def send(self, env: Envelope, *, timeout: float | None = None) -> bool:
+        """Send; blocks under backpressure (up to `timeout`, then False)."""
+        frames = env.frames()
+        if timeout is None:
+            self._sock.send_multipart(frames, copy=len(env.payload) < 65536)
+            return True
+        if not self._sock.poll(int(timeout * 1000), zmq.POLLOUT):
+            return False
+        self._sock.send_multipart(frames, copy=len(env.payload) < 65536)
+        return True
+
+    def close(self, linger: float = 5.0) -> None:
+        self._sock.close(linger=int(linger * 1000))
+
+
+class TelemetryPublisher:
+    """Stats, logs and alerts: PUB to the broker, dropping rather than ever blocking the job."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        keys: CurveKeys | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self._sock = (ctx or context()).socket(zmq.PUB)
+        self._sock.sndhwm = 100
+        self._sock.linger = 500
+        _secure(self._sock, address.inbound, keys, server=False)
+        self._sock.connect(address.inbound)
+        self.dropped = 0
+
+    def send(self, env: Envelope) -> None:
+        try:
+            self._sock.send_multipart(env.frames(), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+
+    def close(self) -> None:
+        self._sock.close(linger=500)
+
+
+class Subscriber:
+    """A consumer: lossless on the broker's `out`, or a monitor on `mon` (may miss messages)."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        topics: list[str] | tuple[str, ...] = ("",),
+        *,
+        mode: Mode = "lossless",
+        hwm: int | None = None,
+        keys: CurveKeys | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        self.mode = mode
+        self._sock = (ctx or context()).socket(zmq.SUB)
+        self._sock.rcvhwm = hwm or (DATA_HWM if mode == "lossless" else MONITOR_HWM)
+        self._sock.linger = 0
+        endpoint = address.outbound if mode == "lossless" else address.monitor
+        _secure(self._sock, endpoint, keys, server=False)
+        self._sock.connect(endpoint)
+        self.prefixes = [subscription(t) for t in topics] or [b""]
+        for prefix in self.prefixes:
+            self._sock.subscribe(prefix)
+        self.undecodable = 0
+
+    @property
+    def socket(self) -> zmq.Socket:
+        return self._sock
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        """The next envelope, or None after `timeout` seconds. Undecodable ones are counted."""
+        while True:
+            if timeout is not None and not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
+                return None
+            frames = self._sock.recv_multipart(copy=False)
+            try:
+                return Envelope.from_frames([f.buffer for f in frames])
+            except EnvelopeError:
+                self.undecodable += 1
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
