@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from enrgdaq_cli import broker, job, tap
+from enrgdaq_cli import broker, job, store, tap
 
 app = typer.Typer(
     name="daq",
@@ -23,6 +23,9 @@ app.command("broker", help=broker.HELP, short_help="Run the pub/sub hub (XSUB in
     broker.broker
 )
 app.add_typer(job.app, name="job", short_help="Run a source job; list job types; write a config.")
+app.command(
+    "store", help=store.HELP, short_help="Store data into csv, root, hdf5, mysql, redis or raw."
+)(store.store)
 app.command("tap", help=tap.HELP, short_help="Show what flows on the broker (or pipe it on).")(
     tap.tap
 )

@@ -1,0 +1,145 @@
+"""`daq store BACKEND`: one store process (csv, root, hdf5, mysql, redis, raw)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from enrgdaq_cli._common import BrokerOpt, broker_address, errors, fail, setup_logging
+
+HELP = """Store data from the broker or from stdin into one backend: csv, root, hdf5, mysql,
+redis or raw.
+
+Where data goes comes from the source's [store_config.BACKEND] settings in each message;
+-o (a file, a table, a key) and -O KEY=VALUE override them. Rows are written in batches
+(--flush-rows / --flush-seconds); Ctrl-C, SIGTERM and end-of-stream flush and close.
+
+Examples:
+
+  daq store csv --from data.sensor1 -o sensor.csv
+
+  daq job run sensor.toml -o - | daq store hdf5 -o sensor.h5
+
+  daq replay run42.raw | daq store root -O compression_level=9
+
+  daq store mysql --from data. -O host=127.0.0.1 -O database=test --table readings
+
+  daq store csv --config configs/store_csv.toml   # a seed-style store config
+"""
+
+
+def _stdin_is_stream() -> bool:
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+def store(
+    backend: Annotated[str, typer.Argument(help="csv, root, hdf5, mysql, redis or raw.")],
+    topics: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            "-f",
+            help="Topic to store (repeat). Default: every data. topic "
+            "whose messages name this backend.",
+            show_default=False,
+        ),
+    ] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="`-` (stdin) or a stream file [default: stdin when "
+            "it is a pipe, else the broker].",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            "--table",
+            "--key",
+            help="Destination: file path "
+            "(placeholders {source} {run} {date}), SQL table, or Redis key.",
+            show_default=False,
+        ),
+    ] = None,
+    options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="KEY=VALUE store option or store_config setting (repeat).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Store TOML (seed style accepted).")
+    ] = None,
+    out_dir: Annotated[str | None, typer.Option(help="Directory for relative file paths.")] = None,
+    flush_rows: Annotated[int | None, typer.Option(help="Write after this many rows.")] = None,
+    flush_seconds: Annotated[
+        float | None, typer.Option(help="Write rows at most this old (s).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name in stats [default: store-BACKEND].")
+    ] = None,
+    exit_on_eos: Annotated[
+        bool, typer.Option(help="Exit once every source seen has sent end-of-stream.")
+    ] = False,
+    address: BrokerOpt = None,
+) -> None:
+    from enrgdaq_core.channels import open_input
+    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
+    from enrgdaq_core.stores.options import build_backend, parse_assignments
+    from enrgdaq_core.stores.runner import StoreRunner
+    from enrgdaq_core.transport import TelemetryPublisher
+
+    with errors():
+        flags = {"out_dir": out_dir, "flush_rows": flush_rows, "flush_seconds": flush_seconds}
+        be, overrides = build_backend(
+            backend,
+            config_file=config,
+            assignments=parse_assignments(options or []),
+            flags=flags,
+        )
+        piece = name or f"store-{backend}"
+        setup_logging(be.options.verbosity, piece)
+        be.check()
+        addr = broker_address(address)
+        source = (
+            input_
+            if input_ is not None
+            else (None if topics else ("-" if _stdin_is_stream() else None))
+        )
+        inp = open_input(source, addr, list(topics or ["data."]))
+        telemetry = TelemetryPublisher(addr)
+        stop = StopFlag()
+        install_signal_handlers(stop)
+        runner = StoreRunner(
+            be,
+            name=piece,
+            settings_override=overrides,
+            destination=output,
+            telemetry=telemetry,
+            require_target=source is None and not topics,
+        )
+        try:
+            result = runner.run(inp, stop, exit_on_eos=exit_on_eos)
+        finally:
+            inp.close()
+            telemetry.close()
+        if result.damage is not None:
+            fail(f"input damaged: {result.damage} (everything before it was stored)")
+        if result.failed_rows:
+            fail(f"{result.failed_rows} rows could not be written (see the log above)")
