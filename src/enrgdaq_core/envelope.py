@@ -52,7 +52,9 @@ class ShmRef(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
-    v: int = HEADER_VERSION
+    # A factory, not a plain default: omit_defaults would drop `v` from every header, and a
+    # newer writer's headers would then look like ours to an older reader.
+    v: int = msgspec.field(default_factory=lambda: HEADER_VERSION)
     kind: Kind
     source: str
     seq: int = 0

@@ -122,22 +122,34 @@ def read_file_header(f: BinaryIO, *, offset: int = 0) -> StreamMeta:
     head = _read_exact(f, _FILE_HEAD.size)
     if not head:
         raise StreamError("empty stream: no file header")
-    if len(head) < _FILE_HEAD.size or head[:8] != MAGIC:
+    return _file_header_after(head, f, offset, 0)
+
+
+def _file_header_after(head: bytes, f: BinaryIO, offset: int, record: int) -> StreamMeta:
+    """The file header whose first bytes are `head`; the rest is read from `f`.
+
+    Shared by the stream's first header and by headers of concatenated streams.
+    """
+    if len(head) < _FILE_HEAD.size and MAGIC.startswith(head[:8]):
+        raise StreamDamage("truncated file header", offset, record)
+    if head[:8] != MAGIC:
         raise StreamError(
             f"not an enrgdaq stream (expected magic {MAGIC!r} at byte {offset}, got {head[:8]!r})"
         )
     _, version, _flags, meta_len, meta_crc = _FILE_HEAD.unpack(head)
     if version > VERSION:
-        raise StreamError(f"stream version {version} is newer than this reader ({VERSION})")
+        raise StreamError(
+            f"stream version {version} at byte {offset} is newer than this reader ({VERSION})"
+        )
     body = _read_exact(f, meta_len)
     if len(body) < meta_len:
-        raise StreamDamage("truncated file header", offset, 0)
+        raise StreamDamage("truncated file header", offset, record)
     if zlib.crc32(body) != meta_crc:
-        raise StreamDamage("file header checksum mismatch", offset, 0)
+        raise StreamDamage("file header checksum mismatch", offset, record)
     try:
         meta = msgspec.msgpack.decode(body)
     except msgspec.DecodeError:
-        raise StreamDamage("undecodable file header", offset, 0) from None
+        raise StreamDamage("undecodable file header", offset, record) from None
     return StreamMeta(version, meta if isinstance(meta, dict) else {}, _FILE_HEAD.size + meta_len)
 
 
@@ -204,14 +216,9 @@ class StreamReader:
 
     def _concatenated(self, first: bytes) -> None:
         start = self.offset
-        rest = _read_exact(self._f, _FILE_HEAD.size - len(first))
-        head = first + rest
-        _, version, _flags, meta_len, meta_crc = _FILE_HEAD.unpack(head)
-        body = _read_exact(self._f, meta_len)
-        if len(body) < meta_len or zlib.crc32(body) != meta_crc:
-            raise StreamDamage("corrupt concatenated file header", start, self.index)
-        self.meta = StreamMeta(version, msgspec.msgpack.decode(body), _FILE_HEAD.size + meta_len)
-        self.offset = start + _FILE_HEAD.size + meta_len
+        head = first + _read_exact(self._f, _FILE_HEAD.size - len(first))
+        self.meta = _file_header_after(head, self._f, start, self.index)
+        self.offset = start + self.meta.size
 
 
 def _decode_body(body: memoryview) -> Envelope:

@@ -1,0 +1,255 @@
+"""The byte-stream carrier: exact round trips, and damage reported at the right byte and record."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import msgspec
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arrow_strategies import raw_envelopes, table_envelopes
+from enrgdaq_core.envelope import Envelope, Kind, Source
+from enrgdaq_core.stream import (
+    MAGIC,
+    RECORD_MARKER,
+    VERSION,
+    Record,
+    StreamDamage,
+    StreamError,
+    StreamReader,
+    StreamWriter,
+    file_header,
+    read_envelopes,
+)
+
+
+def write_stream(envs: list[Envelope], meta: dict | None = None) -> tuple[bytes, list[int]]:
+    buf = io.BytesIO()
+    writer = StreamWriter(buf, meta)
+    offsets = [writer.write(e) for e in envs]
+    assert writer.bytes_written == len(buf.getvalue())
+    return buf.getvalue(), offsets
+
+
+def read_until_damage(data: bytes) -> tuple[list[Record], StreamError | None]:
+    """Every record the reader hands over, and the error it stopped with (None: clean end)."""
+    got: list[Record] = []
+    try:
+        for rec in StreamReader(io.BytesIO(data)):
+            got.append(rec)
+    except StreamError as exc:
+        return got, exc
+    return got, None
+
+
+def small_stream() -> tuple[bytes, list[int], list[Envelope]]:
+    src = Source("sensor1", store={"csv": {"file_path": "x.csv"}})
+    envs = [
+        src.table(pa.table({"t": pa.array([1, 2], pa.int64()), "v": [0.5, None]})),
+        src.raw(b"\x00\x01payload\xff"),
+        src.table(pa.table({"w": pa.array([[1, 2, 3]], pa.list_(pa.int16(), 3))})),
+        src.end_of_stream(),
+    ]
+    data, offsets = write_stream(envs, {"run": 42})
+    return data, offsets, envs
+
+
+def same(a: Envelope, b: Envelope) -> bool:
+    return a.topic == b.topic and a.header == b.header and bytes(a.payload) == bytes(b.payload)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(table_envelopes(), min_size=1, max_size=5))
+def test_tables_round_trip_through_the_stream(cases: list[tuple[Envelope, pa.Table]]) -> None:
+    data, offsets = write_stream([env for env, _ in cases])
+    records = list(StreamReader(io.BytesIO(data)))
+    assert [r.offset for r in records] == offsets
+    assert [r.index for r in records] == list(range(len(cases)))
+    for rec, (env, table) in zip(records, cases, strict=True):
+        assert same(rec.envelope, env)
+        assert rec.envelope.table().equals(table)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(raw_envelopes(), max_size=6),
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1)),
+)
+def test_raw_round_trip_and_meta(envs: list[Envelope], meta: dict[str, int]) -> None:
+    data, _ = write_stream(envs, meta)
+    reader = StreamReader(io.BytesIO(data))
+    got = [r.envelope for r in reader]
+    assert len(got) == len(envs) and all(same(a, b) for a, b in zip(got, envs, strict=True))
+    assert {k: v for k, v in reader.meta.meta.items() if k != "created_ns"} == {
+        k: v for k, v in meta.items() if k != "created_ns"
+    }
+
+
+def test_meta_and_clean_end() -> None:
+    data, offsets, envs = small_stream()
+    reader = StreamReader(io.BytesIO(data))
+    assert reader.meta.run == 42 and reader.meta.version == VERSION
+    assert reader.meta.size == offsets[0]
+    assert [r.envelope.kind for r in reader] == [Kind.TABLE, Kind.RAW, Kind.TABLE, Kind.EOS]
+    assert [e.header.seq for e in read_envelopes(io.BytesIO(data))] == [0, 1, 2, 3]
+
+
+def test_torn_tail_at_every_byte_of_the_last_record() -> None:
+    data, offsets, envs = small_stream()
+    last = offsets[-1]
+    for cut in range(last, len(data)):
+        got, err = read_until_damage(data[:cut])
+        assert [r.envelope.header.seq for r in got] == [0, 1, 2], cut
+        assert all(same(r.envelope, e) for r, e in zip(got, envs, strict=False))
+        if cut == last:
+            assert err is None  # the stream ends between records: nothing is torn
+            continue
+        assert isinstance(err, StreamDamage), cut
+        assert (err.offset, err.record) == (last, 3), cut
+        assert err.reason.startswith("truncated record"), cut
+        assert str(err).endswith(f"at byte {last} (record 3)")
+
+
+def test_torn_tail_of_a_big_record() -> None:
+    src = Source("digi")
+    envs = [src.raw(bytes(range(256)) * 64) for _ in range(3)]
+    data, offsets = write_stream(envs)
+    got, err = read_until_damage(data[:-1])
+    assert len(got) == 2 and isinstance(err, StreamDamage)
+    assert str(err) == (
+        f"truncated record (wanted {len(data) - offsets[2] - 12} bytes, got "
+        f"{len(data) - offsets[2] - 13}) at byte {offsets[2]} (record 2)"
+    )
+
+
+def test_every_bit_flip_in_a_record_is_caught_at_that_record() -> None:
+    data, offsets, envs = small_stream()
+    start, end = offsets[1], offsets[2]
+    reasons = set()
+    for pos in range(start, end):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[pos] ^= 1 << bit
+            got, err = read_until_damage(bytes(damaged))
+            assert len(got) == 1 and same(got[0].envelope, envs[0]), (pos, bit)
+            assert isinstance(err, StreamDamage), (pos, bit)
+            assert (err.offset, err.record) == (start, 1), (pos, bit)
+            reasons.add(" ".join(err.reason.split()[:2]))
+    # every way a flip can show: marker, length too big for the stream or for any record,
+    # and (most) the checksum
+    assert reasons == {
+        "bad record",
+        "impossible record",
+        "truncated record",
+        "record checksum",
+    }
+
+
+def test_payload_corruption_message_names_byte_and_record() -> None:
+    data, offsets, _ = small_stream()
+    damaged = bytearray(data)
+    damaged[offsets[2] - 3] ^= 0x40  # inside the raw payload of record 1
+    got, err = read_until_damage(bytes(damaged))
+    assert len(got) == 1
+    assert str(err) == f"record checksum mismatch at byte {offsets[1]} (record 1)"
+
+
+def test_garbage_after_the_last_record() -> None:
+    data, offsets, _ = small_stream()
+    got, err = read_until_damage(data + b"\x00" * 40)
+    assert len(got) == 4
+    assert str(err) == f"bad record marker at byte {len(data)} (record 4)"
+
+
+def test_header_of_a_record_that_decodes_badly() -> None:
+    """Valid CRC over a body whose envelope header is not ours: damage, not a crash."""
+    topic, header = b"data.x", b"\xc1"  # 0xc1 is never valid msgpack
+    body = struct.pack("<HI", len(topic), len(header)) + topic + header
+    record = struct.pack("<4sII", RECORD_MARKER, len(body), zlib.crc32(body)) + body
+    got, err = read_until_damage(file_header() + record)
+    assert got == [] and isinstance(err, StreamDamage)
+    assert err.reason.startswith("undecodable record (undecodable header")
+    assert (err.offset, err.record) == (len(file_header()), 0)
+
+
+def test_not_a_stream() -> None:
+    with pytest.raises(StreamError, match=r"^empty stream: no file header$"):
+        StreamReader(io.BytesIO(b""))
+    with pytest.raises(StreamError) as exc:
+        StreamReader(io.BytesIO(b"timestamp,ch0\n1,2\n3,4\n"))
+    assert str(exc.value) == (
+        "not an enrgdaq stream (expected magic b'\\x89EDAQ\\r\\n\\x1a' at byte 0, got b'timestam')"
+    )
+    assert not isinstance(exc.value, StreamDamage)
+
+
+def test_newer_stream_version_is_refused() -> None:
+    meta = msgspec.msgpack.encode({})
+    head = struct.pack("<8sHHII", MAGIC, VERSION + 1, 0, len(meta), zlib.crc32(meta)) + meta
+    with pytest.raises(StreamError) as exc:
+        StreamReader(io.BytesIO(head))
+    assert str(exc.value) == (
+        f"stream version {VERSION + 1} at byte 0 is newer than this reader ({VERSION})"
+    )
+
+
+def test_torn_or_corrupt_file_header() -> None:
+    head = file_header({"run": 1})
+    for cut in range(1, len(head)):
+        with pytest.raises(StreamDamage) as exc:
+            StreamReader(io.BytesIO(head[:cut]))
+        assert str(exc.value) == "truncated file header at byte 0 (record 0)", cut
+    damaged = bytearray(head)
+    damaged[-1] ^= 1
+    with pytest.raises(StreamDamage, match=r"^file header checksum mismatch at byte 0"):
+        StreamReader(io.BytesIO(bytes(damaged)))
+
+
+def test_concatenated_streams_read_as_one() -> None:
+    """`cat a.raw b.raw`: one reader, record numbers continue, the second meta takes over."""
+    a, a_offsets, envs_a = small_stream()
+    src = Source("other")
+    envs_b = [src.raw(b"b0"), src.raw(b"b1")]
+    b, b_offsets = write_stream(envs_b, {"run": 43})
+    reader = StreamReader(io.BytesIO(a + b))
+    records = list(reader)
+    assert all(same(r.envelope, e) for r, e in zip(records, envs_a + envs_b, strict=True))
+    assert [r.index for r in records] == list(range(6))
+    assert [r.offset for r in records] == a_offsets + [len(a) + o for o in b_offsets]
+    assert reader.meta.run == 43
+
+
+def test_concatenated_stream_torn_in_its_file_header() -> None:
+    a, _, _ = small_stream()
+    b, b_offsets = write_stream([Source("other").raw(b"b0")], {"run": 43})
+    for cut in range(12, b_offsets[0]):  # a shorter tail is a torn record header instead
+        got, err = read_until_damage(a + b[:cut])
+        assert len(got) == 4, cut
+        assert str(err) == f"truncated file header at byte {len(a)} (record 4)", cut
+
+
+def test_concatenated_stream_of_a_newer_version() -> None:
+    a, _, _ = small_stream()
+    meta = msgspec.msgpack.encode({})
+    head = struct.pack("<8sHHII", MAGIC, VERSION + 1, 0, len(meta), zlib.crc32(meta)) + meta
+    got, err = read_until_damage(a + head)
+    assert len(got) == 4 and type(err) is StreamError
+    assert (
+        str(err) == f"stream version {VERSION + 1} at byte {len(a)} is newer than this reader (1)"
+    )
+
+
+def test_stream_without_file_header() -> None:
+    """Record-only streams (a writer with header=False) read with expect_header=False."""
+    buf = io.BytesIO()
+    writer = StreamWriter(buf, header=False)
+    src = Source("s")
+    writer.write(src.raw(b"x"))
+    writer.write(src.raw(b"y"))
+    recs = list(StreamReader(io.BytesIO(buf.getvalue()), expect_header=False))
+    assert [bytes(r.envelope.payload) for r in recs] == [b"x", b"y"] and recs[0].offset == 0
