@@ -6,6 +6,7 @@ before anything starts (the supervisor reports a whole directory at once).
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -111,9 +112,21 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def wrong_type_message(expected: str, value: Any) -> str:
+    """`expected a string, got an integer (3)`: the one wording for a value of the wrong type."""
+    return f"expected {expected}, got {_toml_kind(value)} ({_show(value)})"
+
+
+def unknown_key_message(key: str, known: list[str] | set[str]) -> str:
+    """`unknown key, did you mean 'channels'? (expected one of: ...)` for a misspelt key."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    hint = f", did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (expected one of: {', '.join(sorted(known))})"
+
+
 def _check(value: Any, t: mi.Type, key: str, issues: list[tuple[str, str]]) -> None:
     def wrong() -> None:
-        issues.append((key, f"expected {_describe(t)}, got {_toml_kind(value)} ({_show(value)})"))
+        issues.append((key, wrong_type_message(_describe(t), value)))
 
     match t:
         case mi.AnyType():
@@ -191,8 +204,7 @@ def _check_struct(
         key = f"{prefix}.{k}" if prefix else k
         field = fields.get(k)
         if field is None:
-            known = ", ".join(sorted(fields))
-            issues.append((key, f"unknown key (expected one of: {known})"))
+            issues.append((key, unknown_key_message(k, set(fields))))
             continue
         _check(v, field.type, key, issues)
     for name, field in fields.items():

@@ -6,12 +6,19 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from enrgdaq_core.config import ConfigError, ConfigIssue, convert, read_toml
+from enrgdaq_core.config import (
+    ConfigError,
+    ConfigIssue,
+    convert,
+    read_toml,
+    wrong_type_message,
+)
 from enrgdaq_core.jobs.base import Job, JobConfig
 
 _BUILTINS = {
@@ -64,8 +71,12 @@ def resolve(type_name: str) -> type[Job]:
             raise LookupError(f"cannot import {name!r}: {exc}") from None
         except TypeError as exc:
             raise LookupError(str(exc)) from None
-    known = ", ".join(names() + sorted(_ALIASES))
-    raise LookupError(f"unknown job type {type_name!r} (known: {known}; or module:Class)")
+    choices = names() + sorted(_ALIASES)
+    close = difflib.get_close_matches(type_name, choices, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise LookupError(
+        f"unknown job type {type_name!r} ({hint}known: {', '.join(choices)}; or module:Class)"
+    )
 
 
 def load_job(path: str | Path, *, name: str | None = None) -> Job:
@@ -79,7 +90,7 @@ def load_job(path: str | Path, *, name: str | None = None) -> Job:
         )
     if not isinstance(type_name, str):
         raise ConfigError(
-            [ConfigIssue(str(path), "daq_job_type", f"expected a string, got {type_name!r}")]
+            [ConfigIssue(str(path), "daq_job_type", wrong_type_message("a string", type_name))]
         )
     try:
         cls = resolve(type_name)
