@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from enrgdaq_cli import broker, job, store, tap
+from enrgdaq_cli import broker, job, replay, store, tap
 
 app = typer.Typer(
     name="daq",
@@ -28,6 +28,9 @@ app.command(
 )(store.store)
 app.command("tap", help=tap.HELP, short_help="Show what flows on the broker (or pipe it on).")(
     tap.tap
+)
+app.command("replay", help=replay.HELP, short_help="Play raw run files back; --info summarises.")(
+    replay.replay
 )
 
 

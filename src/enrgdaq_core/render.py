@@ -29,8 +29,11 @@ def job_types_table(types: dict[str, dict[str, Any]]) -> None:
         _out.print(table)
 
 
-def envelope_line(env: Envelope, now_ns: int | None = None) -> str:
-    """One readable line for a message: topic, source, seq, shape, size, latency."""
+def envelope_line(env: Envelope, now_ns: int | None = None, *, latency: bool = True) -> str:
+    """One readable line for a message: topic, source, seq, shape, size, latency.
+
+    `latency=False` leaves the latency out (a replayed message's age says nothing).
+    """
     h = env.header
     now_ns = now_ns or time.time_ns()
     stamp = (
@@ -47,7 +50,7 @@ def envelope_line(env: Envelope, now_ns: int | None = None) -> str:
             shape = " (undecodable table)"
     elif h.kind is Kind.RAW:
         shape = " raw"
-    return (
-        f"{stamp} {env.topic} {h.kind.value} src={h.source} seq={h.seq}{shape} "
-        f"bytes={env.nbytes} lat={lat:.2f}ms"
+    line = (
+        f"{stamp} {env.topic} {h.kind.value} src={h.source} seq={h.seq}{shape} bytes={env.nbytes}"
     )
+    return f"{line} lat={lat:.2f}ms" if latency else line
