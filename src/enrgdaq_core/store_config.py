@@ -48,6 +48,9 @@ class MySQLStoreConfig(
     table_name: str = ""
     flush_rows: int = 0
     flush_seconds: float = 0.0
+    # auto: ns timestamps as BIGINT ns (exact), coarser ones as DATETIME(6) (exact)
+    timestamp_type: Literal["auto", "datetime", "bigint"] = "auto"
+    list_type: Literal["blob", "json"] = "blob"  # numeric lists (waveforms): packed or JSON
 
 
 class RedisStoreConfig(
@@ -58,6 +61,11 @@ class RedisStoreConfig(
     use_timeseries: bool | None = None
     flush_rows: int = 0
     flush_seconds: float = 0.0
+    # "lists": the seed's RPUSH per column; "timeseries": RedisTimeSeries (what
+    # use_timeseries = true asks for); "stream": one Redis stream per source, ids = row time
+    # in ms, range-queried with XRANGE on plain Redis (no module)
+    layout: Literal["", "lists", "timeseries", "stream"] = ""
+    timestamp_column: str = "timestamp"  # the row time for the time-ordered layouts
 
 
 class MemoryStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

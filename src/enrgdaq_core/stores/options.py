@@ -79,4 +79,7 @@ def build_backend(
             msgspec.convert(overrides, cls.Settings)
         except msgspec.ValidationError as exc:
             raise ConfigError([ConfigIssue("-O", "", str(exc))]) from None
-    return cls(options), overrides
+    backend = cls(options)
+    # check() may then refuse at start what the server cannot do (a missing Redis module)
+    backend.overrides = dict(overrides)  # type: ignore[attr-defined]
+    return backend, overrides
