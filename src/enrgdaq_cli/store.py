@@ -99,7 +99,7 @@ def store(
     ] = False,
     address: BrokerOpt = None,
 ) -> None:
-    from enrgdaq_core.channels import open_input
+    from enrgdaq_core.channels import StreamInput, open_input
     from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
     from enrgdaq_core.stores.options import build_backend, parse_assignments
     from enrgdaq_core.stores.runner import StoreRunner
@@ -122,7 +122,13 @@ def store(
             if input_ is not None
             else (None if topics else ("-" if _stdin_is_stream() else None))
         )
-        inp = open_input(source, addr, list(topics or ["data."]))
+        if source == "-":
+            # Our own file object on a copy of fd 0: its reader thread may still be blocked in
+            # read() when we exit after end-of-stream, and sys.stdin's lock must stay free
+            # for the interpreter's shutdown.
+            inp = StreamInput(open(os.dup(0), "rb"))  # noqa: SIM115 - read by its thread
+        else:
+            inp = open_input(source, addr, list(topics or ["data."]))
         telemetry = TelemetryPublisher(addr)
         stop = StopFlag()
         install_signal_handlers(stop)

@@ -30,7 +30,9 @@ class StoreOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     out_dir: str = ""  # relative file paths are resolved here; empty: the working directory
     flush_rows: int = 0  # 0: the backend's default
     flush_seconds: float = 0.0
+    flush_mb: float = 0.0  # write once the buffered rows take this much memory; 0: default
     max_pending_rows: int = 1_000_000  # beyond this, stop reading (backpressure), never drop
+    max_pending_mb: float = 1024.0  # the same bound in memory, for wide rows (waveforms)
     verbosity: str = "INFO"
 
 
@@ -53,6 +55,11 @@ class Destination:
     path: Path | None = None  # for file backends: the file this writer writes
     name: str = ""  # for servers: table or key
     opened_at: float = field(default_factory=time.time)
+    # File backends: `overwrite` = truncate `path` (the settings ask for it and this process
+    # has not written it yet); `append` = False when the runner wants a new file (rotation),
+    # so an existing `path` must not be appended to (use `paths.next_part`).
+    overwrite: bool = False
+    append: bool = True
 
 
 class Writer:
@@ -88,9 +95,14 @@ class Backend:
     wants_envelopes: ClassVar[bool] = False  # the raw store takes whole envelopes
     default_flush_rows: ClassVar[int] = 10_000
     default_flush_seconds: ClassVar[float] = 1.0
+    default_flush_bytes: ClassVar[int] = 64 << 20
 
     def __init__(self, options: StoreOptions) -> None:
         self.options = options
+
+    def extension_for(self, settings: Any) -> str:
+        """The file extension for these settings (`.csv.zst` when compressed)."""
+        return self.extension
 
     def check(self) -> None:
         """Fail early (StoreUnavailable) when the server is not there."""

@@ -1,10 +1,21 @@
-"""File names of file stores: placeholders, dates, rotation parts that sort in time order."""
+"""File names of file stores: placeholders, dates, rotation parts that sort in time order.
+
+Every date and time in a name is UTC, so that names sort in time order across daylight-saving
+changes and between hosts in different zones. A file that must not be appended to gets the
+next *part* name (`sensor_part001.csv`), which sorts after the file it follows.
+"""
 
 from __future__ import annotations
 
+import re
 import string
 import time
 from pathlib import Path
+
+COMPRESSED = (".zst", ".gz", ".bz2", ".xz", ".lz4")
+"""Suffixes that wrap another format: `x.csv.zst` keeps `.csv.zst` as its extension."""
+
+_PART = re.compile(r"^(?P<stem>.*)_part(?P<n>\d{3,})$")
 
 
 class _Fields(dict):
@@ -29,6 +40,47 @@ def parse_period(text: str) -> float:
     return value
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """`sensor.csv.zst` -> (`sensor`, `.csv.zst`); `run.root` -> (`run`, `.root`)."""
+    path = Path(name)
+    suffix = path.suffix
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    if suffix.lower() in COMPRESSED:
+        inner = Path(stem).suffix
+        if inner:
+            stem = stem[: len(stem) - len(inner)]
+            suffix = inner + suffix
+    return stem, suffix
+
+
+def _with_extension(name: str, extension: str) -> str:
+    """Give `name` the backend's extension unless it already has one of its own.
+
+    A compression suffix the backend asks for (`.zst`) is added to a name that lacks it
+    (`sensor.csv` -> `sensor.csv.zst`); a name without any suffix gets the whole extension.
+    """
+    if not extension or name.endswith(extension):
+        return name
+    _, ext = split_name(name)
+    if not ext:
+        return name + extension
+    _, wanted = split_name("x" + extension)
+    compression = Path(wanted).suffix if Path(wanted).suffix.lower() in COMPRESSED else ""
+    if compression and not name.lower().endswith(compression):
+        return name + compression
+    return name
+
+
+def date_string(now: float) -> str:
+    """The date `add_date` puts in names (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+def rotation_stamp(now: float) -> str:
+    """The opening time a rotating store puts in names: `20261125T143000Z` (UTC)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+
+
 def file_path(
     template: str,
     *,
@@ -45,39 +97,69 @@ def file_path(
 
     Placeholders `{source}`, `{run}` (zero-padded to 6), `{tag}`, `{date}` are filled; with
     `add_date` the date goes before the extension (`sensor_2026-11-25.csv`); a rotating store
-    adds the opening time (`sensor_20261125T143000.csv`), so parts sort in time order.
+    adds the opening time (`sensor_20261125T143000Z.csv`), so parts sort in time order.
     """
     now = time.time() if now is None else now
     template = template or f"{{source}}{extension}"
-    fields = _Fields(
-        source=source,
-        run=f"{run:06d}",
-        tag=tag,
-        date=time.strftime("%Y-%m-%d", time.localtime(now)),
-    )
+    fields = _Fields(source=source, run=f"{run:06d}", tag=tag, date=date_string(now))
     name = string.Formatter().vformat(template, (), fields)
-    path = Path(name)
+    path = Path(_with_extension(name, extension))
+    stem, ext = split_name(path.name)
     if tag and "{tag}" not in template:
-        path = path.with_name(f"{path.stem}_{tag}{path.suffix}")
+        stem = f"{stem}_{tag}"
     if add_date and "{date}" not in template:
-        path = path.with_name(f"{path.stem}_{fields['date']}{path.suffix}")
+        stem = f"{stem}_{fields['date']}"
     if rotating:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
-        path = path.with_name(f"{path.stem}_{stamp}{path.suffix}")
-    if not path.suffix and extension:
-        path = path.with_suffix(extension)
+        stem = f"{stem}_{rotation_stamp(now)}"
+    path = path.with_name(stem + ext)
     if out_dir and not path.is_absolute():
         path = Path(out_dir) / path
     return path
 
 
-def unique(path: Path) -> Path:
-    """`path`, or `stem.1.ext`, `stem.2.ext`... if it exists (a new file must not clobber one)."""
-    if not path.exists():
+def part_path(path: Path, n: int) -> Path:
+    """Part `n` of the series that starts at `path` (part 0 is `path` itself)."""
+    if n == 0:
         return path
-    n = 1
-    while True:
-        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-        n += 1
+    stem, ext = split_name(path.name)
+    return path.with_name(f"{stem}_part{n:03d}{ext}")
+
+
+def parts(path: Path) -> list[Path]:
+    """The existing files of the series that starts at `path`, in order (may be empty)."""
+    stem, ext = split_name(path.name)
+    found: list[tuple[int, Path]] = []
+    if path.exists():
+        found.append((0, path))
+    if path.parent.is_dir():
+        for candidate in path.parent.glob(f"{glob_escape(stem)}_part*{glob_escape(ext)}"):
+            cstem, cext = split_name(candidate.name)
+            match = _PART.match(cstem)
+            if cext == ext and match and match["stem"] == stem:
+                found.append((int(match["n"]), candidate))
+    return [p for _, p in sorted(found)]
+
+
+def latest_part(path: Path) -> Path:
+    """The last existing file of the series (where a restart may append), or `path`."""
+    existing = parts(path)
+    return existing[-1] if existing else path
+
+
+def next_part(path: Path) -> Path:
+    """A name after every existing file of the series: a new file that sorts last."""
+    existing = parts(path)
+    if not existing:
+        return path
+    stem, _ = split_name(existing[-1].name)
+    match = _PART.match(stem)
+    return part_path(path, (int(match["n"]) if match else 0) + 1)
+
+
+def unique(path: Path) -> Path:
+    """`path` if it does not exist, else the next part (a new file must not clobber one)."""
+    return path if not path.exists() else next_part(path)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)

@@ -1,10 +1,16 @@
 """Feeds one backend from an input: routing, batching, flushing, rotation, retries, stats.
 
 One loop, one thread. Messages are grouped per (source, run) into buffers; a buffer is written
-when it holds `flush_rows` rows or its oldest row is `flush_seconds` old, so a 1 kHz stream of
-1-row messages becomes large batches. A backend that fails transiently keeps its rows here
-(bounded by `max_pending_rows`; past that the runner stops reading, so backpressure reaches the
-producer instead of anything being dropped) and is retried with backoff.
+when it holds `flush_rows` rows, `flush_mb` of payload, or its oldest row is `flush_seconds`
+old, so a 1 kHz stream of 1-row messages becomes large batches. A backend that fails
+transiently keeps its rows here (bounded by `max_pending_rows` / `max_pending_mb`; past that
+the runner stops reading, so backpressure reaches the producer instead of anything being
+dropped) and is retried with backoff.
+
+Errors never stop the store: an undecodable message or one of a kind the backend does not
+store is counted (`bad_messages`) and logged; a file write that fails with an OS error (disk
+full) keeps the rows and retries into a new file part; rows a backend rejects outright (a
+value it cannot represent) are counted (`rejected_rows`) and logged with the reason.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from enrgdaq_core.channels import EndOfInput, Input
-from enrgdaq_core.envelope import Envelope, EnvelopeError, Kind, Source
+from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Kind, Source
 from enrgdaq_core.jobs.runtime import StopFlag
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.stores.base import Backend, Destination, TransientError, Writer
-from enrgdaq_core.stores.paths import file_path, parse_period
+from enrgdaq_core.stores.paths import date_string, file_path, parse_period
 from enrgdaq_core.transport import TelemetryPublisher
 
 if TYPE_CHECKING:
@@ -32,6 +38,7 @@ log = logging.getLogger("enrgdaq.store")
 RETRY_FIRST = 0.5
 RETRY_MAX = 10.0
 SHUTDOWN_RETRY_SECONDS = 15.0
+TICK_SECONDS = 0.2  # the longest the loop waits for input before checking timers
 
 
 @dataclass
@@ -43,14 +50,17 @@ class _Slot:
     settings: Any
     settings_raw: dict[str, Any]
     dest: Destination
+    flush_rows: int
+    flush_seconds: float
+    flush_bytes: int
     writer: Writer | None = None
     schema: pa.Schema | None = None
     buffer: list[Any] = field(default_factory=list)  # tables, or envelopes for the raw store
     rows: int = 0
+    nbytes: int = 0
     since: float = 0.0  # monotonic time of the oldest buffered row
     retry_at: float = 0.0
     backoff: float = RETRY_FIRST
-    ended: bool = False
 
 
 @dataclass
@@ -58,6 +68,24 @@ class StoreResult:
     meter: Meter
     failed_rows: int = 0  # rows that could not be written before giving up at shutdown
     damage: Exception | None = None
+
+
+class _Throttle:
+    """At most one log line per key and interval, with the count of what it held back."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, key: str) -> int | None:
+        """None: stay quiet; else how many lines were held back since the last one."""
+        now = time.monotonic()
+        if now < self._next.get(key, 0.0):
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._next[key] = now + self.interval
+        return self._held.pop(key, 0)
 
 
 class StoreRunner:
@@ -85,15 +113,28 @@ class StoreRunner:
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._ended_sources: set[str] = set()
         self._seen_sources: set[str] = set()
+        self._written_paths: set[str] = set()  # files this process opened (overwrite once)
+        self._sizes: dict[str, int] = {}  # bytes of each open file at its last write
+        self._throttle = _Throttle()
         self.files: list[str] = []
+        self.files_opened = 0
         self.bad_messages = 0
+        self.wrong_kind = 0
         self.retries = 0
+        self.write_errors = 0
+        self.rejected_rows = 0
         self.schema_changes = 0
+        self.rotations = 0
         self.last_flush_ms = 0.0
+        self.max_flush_ms = 0.0  # the slowest write since the last report
+        self.rows_by_source: dict[str, int] = {}
         opts = backend.options
         self.flush_rows = opts.flush_rows or backend.default_flush_rows
         self.flush_seconds = opts.flush_seconds or backend.default_flush_seconds
+        self.flush_bytes = int(opts.flush_mb * 1e6) or backend.default_flush_bytes
         self.max_pending = opts.max_pending_rows
+        self.max_pending_bytes = int(opts.max_pending_mb * 1e6)
+        self._tick_seconds = min(TICK_SECONDS, self.flush_seconds)
 
     # -- settings and destinations -------------------------------------------------------
 
@@ -107,20 +148,28 @@ class StoreRunner:
                 f"bad store_config.{self.backend.name} from {env.header.source}: {exc}"
             ) from None
 
-    def _destination(self, source: str, run: int, tag: str, settings: Any) -> Destination:
-        dest = Destination(source=source, settings=settings, run=run, tag=tag)
+    def _template(self, settings: Any) -> str:
+        return self.destination or getattr(settings, "file_path", "")
+
+    def _destination(
+        self, source: str, run: int, tag: str, settings: Any, *, append: bool = True
+    ) -> Destination:
+        dest = Destination(source=source, settings=settings, run=run, tag=tag, append=append)
         if self.backend.extension:
             rotating = bool(getattr(settings, "rotate", "") or getattr(settings, "rotate_mb", 0))
-            template = self.destination or getattr(settings, "file_path", "")
             dest.path = file_path(
-                template,
+                self._template(settings),
                 source=source,
-                extension=self.backend.extension,
+                extension=self.backend.extension_for(settings),
                 out_dir=self.backend.options.out_dir,
                 run=run,
                 tag=tag,
                 add_date=getattr(settings, "add_date", False),
                 rotating=rotating,
+                now=dest.opened_at,
+            )
+            dest.overwrite = bool(getattr(settings, "overwrite", False)) and (
+                str(dest.path) not in self._written_paths
             )
         else:
             dest.name = self.destination or ""
@@ -141,13 +190,32 @@ class StoreRunner:
             old = self._slots.pop(old_key)  # a new run of this source: close the old run's files
             self._flush(old, force=True)
             self._close(old)
+        opts = self.backend.options
         slot = _Slot(
-            h.source, h.run, settings, merged, self._destination(h.source, h.run, h.tag, settings)
+            h.source,
+            h.run,
+            settings,
+            merged,
+            self._destination(h.source, h.run, h.tag, settings),
+            flush_rows=opts.flush_rows
+            or getattr(settings, "flush_rows", 0)
+            or self.backend.default_flush_rows,
+            flush_seconds=opts.flush_seconds
+            or getattr(settings, "flush_seconds", 0.0)
+            or self.backend.default_flush_seconds,
+            flush_bytes=self.flush_bytes,
         )
+        self._tick_seconds = min(self._tick_seconds, slot.flush_seconds)
         self._slots[key] = slot
         return slot
 
     # -- the loop ------------------------------------------------------------------------
+
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        held = self._throttle(key)
+        if held is not None:
+            suffix = f" (and {held} more like it)" if held else ""
+            log.warning(message + suffix, *args)
 
     def handle(self, env: Envelope) -> None:
         h = env.header
@@ -163,7 +231,18 @@ class StoreRunner:
                 self._close(slot)
             return
         if h.kind not in self.backend.kinds:
-            return  # stats, logs: not data for this store
+            if h.kind in DATA_KINDS:  # data this backend cannot store: say so, never crash
+                self.bad_messages += 1
+                self.wrong_kind += 1
+                self._warn(
+                    f"kind:{h.source}",
+                    "%s: ignored a %s message from %s (this store takes %s)",
+                    self.backend.name,
+                    h.kind,
+                    h.source,
+                    ", ".join(sorted(self.backend.kinds - {Kind.EOS})),
+                )
+            return  # stats, logs, run markers: not data for this store
         if self.require_target and self.backend.name not in h.store:
             self.not_targeted += 1  # subscribed to all data: keep only what names this backend
             return
@@ -173,25 +252,37 @@ class StoreRunner:
         except EnvelopeError as exc:
             self.bad_messages += 1
             self.meter.undecodable += 1
-            log.warning("dropped undecodable message from %s seq %d: %s", h.source, h.seq, exc)
+            self._warn(
+                f"bad:{h.source}",
+                "dropped undecodable message from %s seq %d: %s",
+                h.source,
+                h.seq,
+                exc,
+            )
 
     def _add(self, slot: _Slot, env: Envelope) -> None:
+        if self.backend.wants_envelopes:
+            item: Any = env
+            rows = max(env.header.rows, 1)
+        else:
+            item = env.table()
+            rows = item.num_rows
         if not slot.buffer:
             slot.since = time.monotonic()
-        if self.backend.wants_envelopes:
-            slot.buffer.append(env)
-            slot.rows += max(env.header.rows, 1)
-        else:
-            table = env.table()
-            slot.buffer.append(table)
-            slot.rows += table.num_rows
+        slot.buffer.append(item)
+        slot.rows += rows
+        slot.nbytes += env.nbytes
         self.meter.queue = self.pending_rows
-        if slot.rows >= self.flush_rows:
+        if slot.rows >= slot.flush_rows or slot.nbytes >= slot.flush_bytes:
             self._flush(slot)
 
     @property
     def pending_rows(self) -> int:
         return sum(s.rows for s in self._slots.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(s.nbytes for s in self._slots.values())
 
     def _flush(self, slot: _Slot, *, force: bool = False) -> bool:
         """Write the slot's buffer; False if the backend failed (rows kept for a retry)."""
@@ -203,16 +294,19 @@ class StoreRunner:
         t0 = time.perf_counter()
         try:
             if self.backend.wants_envelopes:
-                self._open(slot, None)
-                slot.writer.write_envelopes(slot.buffer)  # type: ignore[union-attr]
-                slot.writer.flush()  # type: ignore[union-attr]
-                self.meter.sent(0, slot.rows)
-                slot.buffer.clear()
-                slot.rows = 0
+                self._write_envelopes(slot)
             else:
                 self._write_tables(slot)
-        except TransientError as exc:
+        except (TransientError, OSError) as exc:
             self.retries += 1
+            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+                # A file that failed mid-write may end in a torn record: never append to it.
+                self.write_errors += 1
+                if self.backend.extension:
+                    self._close(slot, quiet=True)
+                    slot.dest = self._destination(
+                        slot.source, slot.run, slot.dest.tag, slot.settings, append=False
+                    )
             slot.retry_at = now + slot.backoff
             log.warning(
                 "%s: write of %d rows failed (%s); keeping them, retry in %.1fs",
@@ -226,17 +320,43 @@ class StoreRunner:
         slot.backoff = RETRY_FIRST
         slot.retry_at = 0.0
         self.last_flush_ms = (time.perf_counter() - t0) * 1e3
+        self.max_flush_ms = max(self.max_flush_ms, self.last_flush_ms)
         self._maybe_rotate(slot)
         self.meter.queue = self.pending_rows
         return True
 
     def _open(self, slot: _Slot, schema: pa.Schema | None) -> Writer:
         if slot.writer is None:
+            candidate = str(slot.dest.path) if slot.dest.path else ""
             slot.writer = self.backend.open(slot.dest, schema)
             where = str(slot.dest.path or slot.dest.name)
-            if where and where not in self.files:
+            self._written_paths.update(p for p in (candidate, where) if p)
+            self.files_opened += 1
+            if where:
+                if where in self.files:
+                    self.files.remove(where)
                 self.files.append(where)
+                self._sizes.setdefault(where, slot.writer.size())
         return slot.writer
+
+    def _written(self, slot: _Slot, rows: int, payload_bytes: int) -> None:
+        """Count one write: rows, and bytes (file growth for files, payload for servers)."""
+        nbytes = payload_bytes
+        if slot.dest.path is not None and slot.writer is not None:
+            where = str(slot.dest.path)
+            size = slot.writer.size()
+            nbytes = max(0, size - self._sizes.get(where, 0))
+            self._sizes[where] = size
+        self.meter.sent(nbytes, rows)
+        self.rows_by_source[slot.source] = self.rows_by_source.get(slot.source, 0) + rows
+
+    def _write_envelopes(self, slot: _Slot) -> None:
+        writer = self._open(slot, None)
+        writer.write_envelopes(slot.buffer)
+        writer.flush()
+        self._written(slot, slot.rows, slot.nbytes)
+        slot.buffer.clear()
+        slot.rows = slot.nbytes = 0
 
     def _write_tables(self, slot: _Slot) -> None:
         """Write runs of same-schema tables; a schema change goes through `Writer.accepts`."""
@@ -248,66 +368,113 @@ class StoreRunner:
             while n < len(slot.buffer) and slot.buffer[n].schema.equals(schema):
                 n += 1
             group = slot.buffer[:n]
+            rows = sum(t.num_rows for t in group)
             if slot.schema is not None and not schema.equals(slot.schema):
                 self.schema_changes += 1
+                log.info(
+                    "%s: schema of %s changed: %s -> %s",
+                    self.backend.name,
+                    slot.source,
+                    _describe(slot.schema),
+                    _describe(schema),
+                )
                 if slot.writer is not None and not slot.writer.accepts(schema):
-                    self._close(slot)
+                    self._close(slot)  # the writer asks for a new file: never append to one
                     slot.dest = self._destination(
-                        slot.source, slot.run, slot.dest.tag, slot.settings
+                        slot.source, slot.run, slot.dest.tag, slot.settings, append=False
                     )
-            writer = self._open(slot, schema)
-            slot.schema = schema
-            table = pa.Table.from_batches(
-                [b for t in group for b in (t.to_batches() if isinstance(t, pa.Table) else [t])],
-                schema=schema,
-            )
-            writer.write(table)
-            writer.flush()
-            rows = table.num_rows
+            try:
+                writer = self._open(slot, schema)
+                table = pa.Table.from_batches(
+                    [b for t in group for b in t.to_batches()], schema=schema
+                )
+                writer.write(table)
+                writer.flush()
+            except (TransientError, OSError):
+                raise
+            except Exception as exc:  # a value the backend cannot take: count, log, go on
+                self.rejected_rows += rows
+                log.error(
+                    "%s: rejected %d rows from %s (%s): %s",
+                    self.backend.name,
+                    rows,
+                    slot.source,
+                    _describe(schema),
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            else:
+                slot.schema = schema
+                self._written(slot, rows, 0)
+            nbytes = _payload_share(slot, n)
             del slot.buffer[:n]
             slot.rows -= rows
-            self.meter.sent(0, rows)
+            slot.nbytes -= nbytes
 
     def _maybe_rotate(self, slot: _Slot) -> None:
         if slot.writer is None or not self.backend.extension:
             return
-        period = parse_period(getattr(slot.settings, "rotate", "") or "")
-        limit = float(getattr(slot.settings, "rotate_mb", 0) or 0) * 1e6
-        age = time.time() - slot.dest.opened_at
-        if (period and age >= period) or (limit and slot.writer.size() >= limit):
+        settings = slot.settings
+        period = parse_period(getattr(settings, "rotate", "") or "")
+        limit = float(getattr(settings, "rotate_mb", 0) or 0) * 1e6
+        now = time.time()
+        dated = getattr(settings, "add_date", False) or "{date}" in self._template(settings)
+        if (
+            (period and now - slot.dest.opened_at >= period)
+            or (limit and slot.writer.size() >= limit)
+            or (dated and date_string(now) != date_string(slot.dest.opened_at))
+        ):
+            self.rotations += 1
             self._close(slot)
-            slot.dest = self._destination(slot.source, slot.run, slot.dest.tag, slot.settings)
+            slot.dest = self._destination(
+                slot.source, slot.run, slot.dest.tag, settings, append=False
+            )
 
-    def _close(self, slot: _Slot) -> None:
+    def _close(self, slot: _Slot, *, quiet: bool = False) -> None:
         if slot.writer is not None:
+            writer, slot.writer = slot.writer, None
+            if slot.dest.path is not None:
+                self._sizes.pop(str(slot.dest.path), None)
             try:
-                slot.writer.close()
-            except TransientError as exc:
-                log.warning("%s: close failed: %s", self.backend.name, exc)
-            slot.writer = None
+                writer.close()
+            except (TransientError, OSError) as exc:
+                if not quiet:
+                    log.warning("%s: close failed: %s", self.backend.name, exc)
 
     def tick(self) -> None:
         """Flush what is due, rotate, report."""
         now = time.monotonic()
         for slot in list(self._slots.values()):
-            if slot.buffer and (now - slot.since >= self.flush_seconds or slot.retry_at):
+            if slot.buffer and (now - slot.since >= slot.flush_seconds or slot.retry_at):
                 self._flush(slot)
             elif not slot.buffer and slot.writer is not None:
                 self._maybe_rotate(slot)
 
-    def report(self) -> None:
+    def report(self, *, final: bool = False) -> None:
         m = self.meter
         m.extra = {
             "files": list(self.files[-20:]),
+            "files_opened": self.files_opened,
+            "writes": m.msgs_out,
             "flush_ms": round(self.last_flush_ms, 3),
+            "flush_ms_max": round(self.max_flush_ms, 3),
             "pending_rows": self.pending_rows,
+            "pending_mb": round(self.pending_bytes / 1e6, 3),
             "retries": self.retries,
+            "write_errors": self.write_errors,
+            "rejected_rows": self.rejected_rows,
             "bad_messages": self.bad_messages,
+            "wrong_kind": self.wrong_kind,
             "schema_changes": self.schema_changes,
+            "rotations": self.rotations,
             "not_targeted": self.not_targeted,
+            "rows_by_source": dict(self.rows_by_source),
             "lost_by_source": dict(m.sequences.lost),
             **self.backend.stats(),
         }
+        if final:
+            m.extra["final"] = True
+        self.max_flush_ms = 0.0
         report = m.report()
         if self.telemetry is not None:
             self.telemetry.send(
@@ -320,11 +487,14 @@ class StoreRunner:
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                if self.pending_rows >= self.max_pending:
+                if (
+                    self.pending_rows >= self.max_pending
+                    or self.pending_bytes >= self.max_pending_bytes
+                ):
                     self.tick()  # backpressure: do not read until the backend takes rows
                     stop.wait(0.05)
                 else:
-                    timeout = min(0.2, self.flush_seconds, max(0.0, next_report - now))
+                    timeout = min(self._tick_seconds, max(0.0, next_report - now))
                     try:
                         env = inp.recv(timeout)
                     except EndOfInput:
@@ -344,7 +514,18 @@ class StoreRunner:
                     next_report = time.monotonic() + self.stats_interval
         finally:
             result.failed_rows = self._shutdown()
-            self.report()
+            self.report(final=True)
+            log.info(
+                "%s: %d rows in %d writes to %d file(s)/destination(s); %d bad messages, "
+                "%d rejected rows, %d lost upstream",
+                self.name,
+                self.meter.rows_out,
+                self.meter.msgs_out,
+                self.files_opened,
+                self.bad_messages,
+                self.rejected_rows,
+                self.meter.sequences.total_lost,
+            )
         return result
 
     def _shutdown(self) -> int:
@@ -368,3 +549,15 @@ class StoreRunner:
             self._close(slot)
         self.backend.close()
         return failed
+
+
+def _payload_share(slot: _Slot, n: int) -> int:
+    """The buffered payload bytes of the first `n` items (split evenly by rows)."""
+    if n >= len(slot.buffer) or not slot.rows:
+        return slot.nbytes
+    rows = sum(t.num_rows for t in slot.buffer[:n])
+    return slot.nbytes * rows // slot.rows
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)

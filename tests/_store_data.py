@@ -1,0 +1,133 @@
+"""Known input for the store tests: tables whose every value the test can recompute, stream
+files and pipes that carry them to a real `daq store`, and comparisons against what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+
+from conftest import Procs
+from enrgdaq_core.envelope import Envelope, Source
+from enrgdaq_core.stream import StreamReader, StreamWriter
+
+SAMPLES = 8
+T0_NS = 1_764_000_000_123_456_789  # 2025-11-24T16:00:00.123456789Z
+
+SCHEMA = pa.schema(
+    [
+        ("i64", pa.int64()),
+        ("i16", pa.int16()),
+        ("u32", pa.uint32()),
+        ("f64", pa.float64()),
+        ("f32", pa.float32()),
+        ("flag", pa.bool_()),
+        ("label", pa.string()),
+        ("ts", pa.timestamp("ns", tz="UTC")),
+        ("wave", pa.list_(pa.int16(), SAMPLES)),
+        ("vwave", pa.list_(pa.float32())),
+    ]
+)
+
+
+def expected_columns(start: int, rows: int) -> dict[str, Any]:
+    """The values of rows start..start+rows-1, as numpy arrays / Python lists."""
+    i = np.arange(start, start + rows, dtype=np.int64)
+    return {
+        "i64": i * 1_000_003 - 7_000_000_000,
+        "i16": ((i * 37) % 65536 - 32768).astype(np.int16),
+        "u32": (i * 7 + 4_000_000_000 % (2**32)).astype(np.uint32),
+        "f64": np.where(i % 97 == 5, np.nan, i / 7.0 + 0.1),
+        "f32": (i * 0.25 + 0.1).astype(np.float32),
+        "flag": i % 3 == 0,
+        "label": [f'ev{k}, "µ"' for k in i.tolist()],
+        "ts": T0_NS + i * 1_000_003,
+        "wave": ((i[:, None] + np.arange(SAMPLES)) % 1000 - 500).astype(np.int16),
+        "vwave": [
+            (k + np.arange(k % 5, dtype=np.float32) * 0.5).astype(np.float32) for k in i.tolist()
+        ],
+    }
+
+
+def sample_table(start: int, rows: int) -> pa.Table:
+    cols = expected_columns(start, rows)
+    wave = pa.FixedSizeListArray.from_arrays(pa.array(cols["wave"].ravel()), SAMPLES)
+    arrays = [
+        pa.array(cols["i64"]),
+        pa.array(cols["i16"]),
+        pa.array(cols["u32"]),
+        pa.array(cols["f64"]),
+        pa.array(cols["f32"]),
+        pa.array(cols["flag"]),
+        pa.array(cols["label"]),
+        pa.array(cols["ts"]).cast(pa.timestamp("ns", tz="UTC")),
+        wave,
+        pa.array([v.tolist() for v in cols["vwave"]], pa.list_(pa.float32())),
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def chunks(total: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, rows) pieces covering 0..total, cycling through `sizes`."""
+    out, start, k = [], 0, 0
+    while start < total:
+        n = min(sizes[k % len(sizes)], total - start)
+        out.append((start, n))
+        start += n
+        k += 1
+    return out
+
+
+def envelopes(source: Source, tables: Iterable[pa.Table], *, eos: bool = True) -> list[Envelope]:
+    envs = [source.table(t) for t in tables]
+    if eos:
+        envs.append(source.end_of_stream())
+    return envs
+
+
+def write_stream(path: Path, envs: Iterable[Envelope]) -> Path:
+    with open(path, "wb") as f:
+        w = StreamWriter(f)
+        for env in envs:
+            w.write(env)
+    return path
+
+
+def stream_bytes(envs: Iterable[Envelope], *, header: bool = True) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    w = StreamWriter(buf, header=header)
+    for env in envs:
+        w.write(env)
+    return buf.getvalue()
+
+
+def source(name: str = "src1", backend: str = "csv", **settings: Any) -> Source:
+    return Source(name, store={backend: settings})
+
+
+def run_store(procs: Procs, backend: str, stream: Path, *args: str) -> subprocess.CompletedProcess:
+    p = procs.run("store", backend, "-i", str(stream), *args, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    return p
+
+
+def feed(pipe: BinaryIO, data: bytes) -> None:
+    pipe.write(data)
+    pipe.flush()
+
+
+def read_stream(path: Path) -> list[Envelope]:
+    with open(path, "rb") as f:
+        return [r.envelope for r in StreamReader(f)]
+
+
+def as_json_list(values: Any) -> list[Any]:
+    return json.loads(values)
