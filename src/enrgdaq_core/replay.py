@@ -241,6 +241,8 @@ class Replay:
             return None, None
         if pos.record is not None:
             return pos.record, None
+        if pos.time_ns is not None:
+            return None, pos.time_ns
         return None, pos.resolve(self.start_ns)
 
     # -- one pass ------------------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""`daq store raw` as a real process: run files with header meta and index, several sources in
+one file in arrival order, kill -9, restart, rotation, payload_only."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from _store_data import envelopes, sample_table, source, stream_bytes, write_stream
+from conftest import Procs, wait_for, write
+from enrgdaq_core.broker import query
+from enrgdaq_core.envelope import Envelope, Kind, Source
+from enrgdaq_core.runfile import open_part
+from enrgdaq_core.stream import StreamDamage, StreamReader
+from enrgdaq_core.transport import BrokerAddress
+
+pytestmark = pytest.mark.e2e
+
+SENSOR = """
+daq_job_type = "sensor"
+name = "sensor1"
+interval_seconds = 0.002
+channels = 2
+"""
+
+DIGI = """
+daq_job_type = "digitizer"
+name = "digi1"
+interval_seconds = 0.004
+channels = 2
+samples = 16
+event_rate = 500
+"""
+
+
+def records(path: Path) -> list[Envelope]:
+    with open(path, "rb") as f:
+        return [r.envelope for r in StreamReader(f)]
+
+
+def test_pipe_run_file_header_snapshot_and_index(procs: Procs, tmp_path: Path) -> None:
+    cfgs = tmp_path / "configs"
+    cfgs.mkdir()
+    job = write(cfgs / "sensor.toml", SENSOR)
+    write(cfgs / "store.toml", 'daq_job_type = "DAQJobStoreRaw"\n')
+    p_job = procs.start(
+        "job", "run", str(job), "--run", "42", "--count", "60", "-o", "-", stdout=subprocess.PIPE
+    )
+    store = procs.run(
+        "store",
+        "raw",
+        "-o",
+        "run{run}.raw",
+        "-O",
+        f"snapshot={cfgs}",
+        "-O",
+        'meta={operator = "ana", comment = "calibration"}',
+        stdin=p_job.stdout,
+    )
+    p_job.stdout.close()
+    assert p_job.wait(30) == 0
+    assert store.returncode == 0, store.stderr.decode()
+
+    path = tmp_path / "run000042.raw"
+    part = open_part(path)
+    meta = part.meta
+    assert (meta["format"], meta["run"], meta["part"], meta["writer"]) == (
+        "enrgdaq-run",
+        42,
+        0,
+        "daq store raw",
+    )
+    assert meta["operator"] == "ana" and meta["comment"] == "calibration"
+    assert meta["config"]["files"] == {
+        "sensor.toml": SENSOR,
+        "store.toml": 'daq_job_type = "DAQJobStoreRaw"\n',
+    }
+    envs = records(path)
+    assert [e.header.seq for e in envs] == list(range(61))
+    assert [e.kind for e in envs] == [Kind.TABLE] * 60 + [Kind.EOS]
+    assert meta["run_start_ns"] == envs[0].header.time_ns
+    assert all(e.header.run == 42 and e.header.source == "sensor1" for e in envs)
+    assert part.index is not None and part.index.complete
+    assert part.index.end_record == 61 and part.index.end_offset == path.stat().st_size
+
+
+def _subscribed(addr: BrokerAddress, topics: set[str]) -> bool:
+    try:
+        return topics <= set(query(addr, "subscriptions", timeout=1.0)["subscriptions"])
+    except TimeoutError:
+        return False
+
+
+def test_two_sources_share_one_file_in_arrival_order(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    store = procs.start(
+        "store",
+        "raw",
+        "--broker",
+        broker.base,
+        "--from",
+        "data.sensor1",
+        "--from",
+        "data.digi1",
+        "-o",
+        "all.raw",
+        "--exit-on-eos",
+    )
+    wait_for(lambda: _subscribed(broker, {"data.sensor1$", "data.digi1$"}), 15, what="store")
+    s = write(tmp_path / "sensor.toml", SENSOR)
+    d = write(tmp_path / "digi.toml", DIGI)
+    j1 = procs.start(
+        "job", "run", str(s), "-o", "broker", "--broker", broker.base, "--count", "150"
+    )
+    j2 = procs.start("job", "run", str(d), "-o", "broker", "--broker", broker.base, "--count", "80")
+    assert j1.wait(60) == 0 and j2.wait(60) == 0
+    assert store.wait(60) == 0, store.stderr.read().decode()
+
+    envs = records(tmp_path / "all.raw")
+    by_source: dict[str, list[int]] = {}
+    for e in envs:
+        by_source.setdefault(e.header.source, []).append(e.header.seq)
+    assert by_source == {"sensor1": list(range(151)), "digi1": list(range(81))}
+    # written as they arrived, not grouped per source: the two streams interleave throughout
+    switches = sum(
+        1 for a, b in zip(envs, envs[1:], strict=False) if a.header.source != b.header.source
+    )
+    assert switches > 40, switches
+    digi = next(e for e in envs if e.header.source == "digi1" and e.kind is Kind.TABLE)
+    assert digi.table().schema.field("ch0").type.list_size == 16
+
+
+def _wait_records(path: Path, n: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return len(records(path)) >= n
+    except StreamDamage:
+        return False  # a record half written at this instant: look again
+
+
+def test_kill_9_keeps_what_was_flushed_and_restart_opens_a_new_part(
+    procs: Procs, tmp_path: Path
+) -> None:
+    src = source("src1", "raw")
+    envs = envelopes(src, [sample_table(s, 3) for s in range(0, 600, 3)], eos=False)
+    store = procs.start("store", "raw", "-i", "-", "-o", "run.raw", stdin=subprocess.PIPE)
+    store.stdin.write(stream_bytes(envs[:100]))
+    store.stdin.flush()
+    path = tmp_path / "run.raw"
+    wait_for(lambda: _wait_records(path, 100), 20, what="100 records on disk")
+    os.killpg(store.pid, signal.SIGKILL)
+    store.wait(10)
+
+    before = path.read_bytes()
+    got = records(path)
+    assert [e.header.seq for e in got] == list(range(100))
+    part = open_part(path)
+    assert part.index is not None and not part.index.complete  # no clean close
+    # the replay of a killed run: everything there, nothing reported as damaged
+    rp = procs.run("replay", str(path), "-o", "-")
+    assert rp.returncode == 0, rp.stderr.decode()
+    assert len(list(StreamReader(io.BytesIO(rp.stdout)))) == 100
+
+    # restart on the same output: a new part, the old file untouched
+    store = procs.start("store", "raw", "-i", "-", "-o", "run.raw", stdin=subprocess.PIPE)
+    store.stdin.write(stream_bytes(envs[100:]))
+    store.stdin.close()
+    assert store.wait(30) == 0, store.stderr.read().decode()
+    assert path.read_bytes() == before
+    second = tmp_path / "run_part001.raw"
+    assert [e.header.seq for e in records(second)] == list(range(100, 200))
+    assert open_part(second).index.complete  # type: ignore[union-attr]
+
+    # both parts replay as one run, in order
+    rp = procs.run("replay", str(second), str(path), "-o", "-")
+    assert rp.returncode == 0, rp.stderr.decode()
+    seqs = [r.envelope.header.seq for r in StreamReader(io.BytesIO(rp.stdout))]
+    assert seqs == list(range(200))
+
+
+def test_rotation_by_size_makes_parts_that_replay_in_order(procs: Procs, tmp_path: Path) -> None:
+    src = source("src1", "raw", file_path="rot.raw", rotate_mb=0.02)
+    envs = envelopes(src, [sample_table(s, 20) for s in range(0, 2000, 20)])
+    stream = write_stream(tmp_path / "in.daq", envs)
+    p = procs.run("store", "raw", "-i", str(stream))
+    assert p.returncode == 0, p.stderr.decode()
+    parts = sorted(tmp_path.glob("rot_*.raw"))
+    assert len(parts) >= 4, parts
+    metas = sorted(open_part(x).meta["part"] for x in parts)
+    assert metas == list(range(len(parts)))
+    for x in parts:
+        idx = open_part(x).index
+        assert idx is not None and idx.complete
+    rp = procs.run("replay", *map(str, parts), "-o", "-")
+    assert rp.returncode == 0, rp.stderr.decode()
+    got = [r.envelope for r in StreamReader(io.BytesIO(rp.stdout))]
+    assert [e.header.seq for e in got] == list(range(101))
+    assert [e.header.time_ns for e in got] == [e.header.time_ns for e in envs]
+
+
+def test_payload_only_writes_plain_bytes(procs: Procs, tmp_path: Path) -> None:
+    src = Source("digi", store={"raw": {"payload_only": True, "file_path": "digi.bin"}})
+    payloads = [bytes(range(i % 256)) * 3 for i in range(1, 120)]
+    envs = [src.raw(p) for p in payloads[:60]]
+    envs.append(src.table(sample_table(0, 4)))  # not raw bytes: counted and skipped
+    envs += [src.raw(p) for p in payloads[60:]]
+    envs.append(src.end_of_stream())
+    stream = write_stream(tmp_path / "in.daq", envs)
+    p = procs.run("store", "raw", "-i", str(stream))
+    assert p.returncode == 0, p.stderr.decode()
+    assert (tmp_path / "digi.bin").read_bytes() == b"".join(payloads)
+    assert not (tmp_path / "digi.bin.idx").exists()
+    # not a run file: replay says so, without a traceback
+    rp = procs.run("replay", "digi.bin")
+    assert rp.returncode == 2
+    assert b"not an enrgdaq run file" in rp.stderr and b"Traceback" not in rp.stderr
+
+
+def test_bad_snapshot_path_is_a_config_error(procs: Procs, tmp_path: Path) -> None:
+    p = procs.run("store", "raw", "-i", "-", "-O", "snapshot=nowhere/", input=b"")
+    assert p.returncode == 2
+    assert b"snapshot" in p.stderr and b"nowhere" in p.stderr and b"Traceback" not in p.stderr
