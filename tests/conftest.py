@@ -113,13 +113,12 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture
-def broker(procs: Procs, runtime_dir: Path) -> Iterator[BrokerAddress]:
-    """A real `daq broker` process on ipc sockets in the test's runtime dir."""
+def start_broker(procs: Procs, base: str, *args: str) -> tuple[BrokerAddress, subprocess.Popen]:
+    """Start a real `daq broker` on `base` (extra flags in `args`) and wait until it answers."""
     from enrgdaq_core.broker import query
 
-    addr = BrokerAddress.parse(f"ipc://{runtime_dir}/broker")
-    p = procs.start("broker", "--broker", addr.base)
+    addr = BrokerAddress.parse(base)
+    p = procs.start("broker", "--broker", addr.base, *args)
 
     def up() -> bool:
         if p.poll() is not None:
@@ -131,6 +130,13 @@ def broker(procs: Procs, runtime_dir: Path) -> Iterator[BrokerAddress]:
             return False
 
     wait_for(up, 15, what="broker control endpoint")
+    return addr, p
+
+
+@pytest.fixture
+def broker(procs: Procs, runtime_dir: Path) -> Iterator[BrokerAddress]:
+    """A real `daq broker` process on ipc sockets in the test's runtime dir."""
+    addr, p = start_broker(procs, f"ipc://{runtime_dir}/broker")
     yield addr
     procs.stop(p)
 

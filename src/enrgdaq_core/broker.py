@@ -144,6 +144,11 @@ class Broker:
         except zmq.ZMQError:
             if not self._stop.is_set():
                 raise
+        finally:
+            # Each thread closes the sockets it uses (zmq sockets are not thread-safe);
+            # closing them from the main thread while in use here could hang ctx.term().
+            for sock in (self._xsub, self._xpub, self._capture):
+                sock.close(linger=0)
 
     def _count(self) -> None:
         sock = self._ctx.socket(zmq.PAIR)
@@ -175,6 +180,7 @@ class Broker:
             pass
         finally:
             sock.close(linger=0)
+            monitor.close(linger=0)
 
     def _serve_control(self) -> None:
         sock = self._control
@@ -191,6 +197,8 @@ class Broker:
                     sock.send(encode_body({"error": f"unknown command {cmd!r}"}))
         except zmq.ContextTerminated:
             pass
+        finally:
+            sock.close(linger=0)
 
     def _publish_stats(self) -> None:
         pub = TelemetryPublisher(self.address, ctx=self._ctx)
@@ -231,9 +239,7 @@ class Broker:
             pub.close()
 
     def _shutdown(self) -> None:
-        for sock in (self._xsub, self._xpub, self._monitor, self._control, self._capture):
-            sock.close(linger=0)
-        self._ctx.term()
+        self._ctx.term()  # wakes every thread with ETERM; each closes its own sockets
         for endpoint in (
             self.address.inbound,
             self.address.outbound,

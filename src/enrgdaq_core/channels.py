@@ -10,7 +10,10 @@ import contextlib
 import queue
 import sys
 import threading
+import time
 from typing import BinaryIO, Protocol
+
+import zmq
 
 from enrgdaq_core.envelope import Envelope
 from enrgdaq_core.stream import StreamDamage, StreamError, StreamReader, StreamWriter
@@ -35,24 +38,81 @@ class Input(Protocol):
 
 
 class BrokerOutput:
+    """Publishes to the broker, losslessly, also at the end.
+
+    ZMQ's linger is not enough to end a run without loss: when the broker's inbound queue is
+    full (a slow store), the broker stops reading our connection, and if we close it then,
+    the broker drops what the kernel still buffers: the tail of the run, end-of-stream
+    included. So `close()` first waits until the broker's counters (its control endpoint)
+    show every message we sent on each topic, then closes.
+    """
+
+    DRAIN_TIMEOUT = 30.0  # seconds without progress before `close()` gives up
+
     def __init__(
-        self, address: BrokerAddress, *, wait: float | None = 10.0, keys: CurveKeys | None = None
+        self,
+        address: BrokerAddress,
+        *,
+        wait: float | None = 10.0,
+        keys: CurveKeys | None = None,
+        drain_timeout: float = DRAIN_TIMEOUT,
     ) -> None:
-        self.publisher = Publisher(address, keys=keys)
+        self.address = address
+        self.drain_timeout = drain_timeout
+        self.sent: dict[str, int] = {}
+        self._ctx = zmq.Context()
+        self.publisher = Publisher(address, keys=keys, ctx=self._ctx)
         if wait is not None and not self.publisher.wait_ready(wait):
             self.publisher.close(linger=0)
+            self._ctx.term()
             raise ConnectionError(
                 f"no broker at {address.inbound} after {wait:g} s (start one with `daq broker`)"
             )
+        self._baseline = self._broker_counts() or {}
+
+    def _broker_counts(self) -> dict[str, int] | None:
+        from enrgdaq_core.broker import query
+
+        try:
+            timeout = min(2.0, max(0.2, self.drain_timeout))
+            topics = query(self.address, "counters", timeout=timeout)["topics"]
+        except (TimeoutError, KeyError, TypeError):
+            return None
+        return {t: int(v[0]) for t, v in topics.items()}
 
     def send(self, env: Envelope) -> None:
         self.publisher.send(env)
+        self.sent[env.topic] = self.sent.get(env.topic, 0) + 1
 
     def flush(self) -> None:
         pass
 
+    def unconfirmed(self) -> int:
+        """Messages sent that the broker has not counted yet (all of them if it is silent)."""
+        counts = self._broker_counts()
+        if counts is None:
+            return sum(self.sent.values())
+        return sum(
+            max(0, self._baseline.get(t, 0) + n - counts.get(t, 0)) for t, n in self.sent.items()
+        )
+
     def close(self) -> None:
-        self.publisher.close()
+        """Wait until the broker has every message; ConnectionError if it stops taking them."""
+        left = self.unconfirmed() if self.sent else 0
+        deadline = time.monotonic() + self.drain_timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.02)
+            now_left = self.unconfirmed()
+            if now_left < left:
+                deadline = time.monotonic() + self.drain_timeout
+            left = now_left
+        self.publisher.close(linger=0 if left else 1.0)
+        self._ctx.term()
+        if left:
+            raise ConnectionError(
+                f"the broker at {self.address.inbound} took no message for "
+                f"{self.drain_timeout:g} s: {left} sent message(s) not confirmed, maybe lost"
+            )
 
 
 class StreamOutput:
