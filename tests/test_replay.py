@@ -367,3 +367,19 @@ def test_run_info_counts_gaps_schema_changes_and_damage(tmp_path: Path) -> None:
     assert a["lost"] == 5 and a["messages"] == 96
     assert a["schemas"] == ["i: int64, x: double", "i: int64, y: string"]
     assert len(info["damage"]) == 1 and info["damage"][0]["record"] == 96
+
+
+def test_verbatim_copy_is_byte_identical_and_loops_reencode(tmp_path: Path) -> None:
+    from enrgdaq_core.stream import StreamWriter
+
+    envs = make_envs(300)
+    path = write(tmp_path / "r.raw", envs)
+    head_size = Replay([path]).parts[0].head.size
+    buf = io.BytesIO()
+    w = StreamWriter(buf, header=False)
+    sent: list[Envelope] = []
+    result = Replay([path]).run(sent.append, verbatim=w.write_record, loop=True, count=450)
+    assert result.messages == 450 and w.records == 300
+    assert buf.getvalue() == path.read_bytes()[head_size:]  # the first pass, as read
+    # the second pass changed the epoch, so it went through `send`, re-encoded
+    assert len(sent) == 150 and all(e.header.epoch == envs[0].header.epoch + 1 for e in sent)

@@ -376,6 +376,10 @@ def _play(
         if out is not None:
             out.send(env)
 
+    # a stream or run file gets each record's bytes as read (no re-encoding: exact and fast)
+    writer = getattr(out, "writer", None)
+    verbatim = writer.write_record if writer is not None else None
+
     try:
         result = rp.run(
             send,
@@ -386,6 +390,7 @@ def _play(
             on_record=on_record,
             progress=bar.update if bar else None,
             before_wait=out.flush if out is not None else None,
+            verbatim=verbatim,
         )
     finally:
         if bar is not None:

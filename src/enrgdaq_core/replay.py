@@ -380,11 +380,14 @@ class Replay:
         progress: Callable[[Progress], None] | None = None,
         progress_every: float = 0.2,
         before_wait: Callable[[], None] | None = None,
+        verbatim: Callable[[Record], None] | None = None,
     ) -> ReplayResult:
         """Send the selected records; `speed` 0 is as fast as possible, 1 the recorded pace.
 
         `before_wait` runs before each pacing pause (flush a pipe so the reader gets the
         message on time); `stop` (set by Ctrl-C) ends the replay between two messages.
+        `verbatim`, when given, takes the records of the first pass instead of `send`, to
+        copy their bytes as read (a stream or run file output: faster, and exact).
         """
         stop = stop or threading.Event()
         result = ReplayResult()
@@ -412,7 +415,11 @@ class Replay:
                     break
                 if pass_no:
                     env.header.epoch += pass_no
-                send(env)
+                    send(env)
+                elif verbatim is not None and rec.body:
+                    verbatim(rec)
+                else:
+                    send(env)
                 if on_record is not None:
                     on_record(number, env)
                 result.messages += 1

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from enrgdaq_core.envelope import Envelope, node_name
 from enrgdaq_core.stream import (
     RECORD_MARKER,
+    Record,
     StreamDamage,
     StreamError,
     StreamMeta,
@@ -316,6 +317,17 @@ class RunFileWriter:
         offset = self.writer.write(env)
         self._blocks.add(
             offset, self.writer.records - 1, self.writer.bytes_written - offset, env.header.time_ns
+        )
+        return offset
+
+    def write_record(self, record: Record) -> int:
+        """A record exactly as it was read from another stream (see StreamWriter)."""
+        offset = self.writer.write_record(record)
+        self._blocks.add(
+            offset,
+            self.writer.records - 1,
+            self.writer.bytes_written - offset,
+            record.envelope.header.time_ns,
         )
         return offset
 

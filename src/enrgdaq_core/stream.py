@@ -97,6 +97,15 @@ class StreamWriter:
         self.records += 1
         return offset
 
+    def write_record(self, record: Record) -> int:
+        """Append a record exactly as a StreamReader read it (checked then, not re-encoded)."""
+        offset = self.bytes_written
+        self._f.write(record.head)
+        self._f.write(record.body)
+        self.bytes_written += len(record.head) + len(record.body)
+        self.records += 1
+        return offset
+
     def flush(self) -> None:
         self._f.flush()
 
@@ -158,6 +167,8 @@ class Record:
     offset: int  # byte offset of the record in the stream
     index: int  # record number, from 0, across concatenated streams
     envelope: Envelope
+    head: bytes = b""  # the record as read (marker, length, crc) and its body: a copy of the
+    body: bytes = b""  # record can be written verbatim (StreamWriter.write_record)
 
 
 class StreamReader:
@@ -210,7 +221,7 @@ class StreamReader:
             except EnvelopeError as exc:
                 raise StreamDamage(f"undecodable record ({exc})", start, self.index) from None
             self.offset = start + _RECORD_HEAD.size + body_len
-            rec = Record(start, self.index, env)
+            rec = Record(start, self.index, env, head, body)
             self.index += 1
             return rec
 
