@@ -164,7 +164,6 @@ class RedisWriter(Writer):
         self._last_id: tuple[int, int] | None = None  # stream: last entry id (ms, seq)
         self._series: set[str] = set()  # timeseries keys known to exist
         self._pending_id: tuple[int, int] | None = None  # stream: last id of this batch
-        self._warned = False
         days = self.settings.key_expiration_days
         self.expire_seconds = int(days * 86400) if days else 0
 
@@ -286,10 +285,11 @@ class RedisWriter(Writer):
                 if table.num_rows == 0:
                     return
             if self.layout == "timeseries" and not backend.has_timeseries(conn):
-                if not self._warned:  # the runner repeats the short form on every retry
-                    self._warned = True
-                    log.error("%s (source %s): %s", backend.where, self.dest.source, MODULE_HELP)
-                raise TransientError(f"Redis at {backend.where}: no RedisTimeSeries module")
+                # A setting the server cannot serve, not an outage: holding the rows would
+                # stall every other source behind this one. The runner counts them as
+                # rejected and logs this reason.
+                backend.no_module_rows += table.num_rows
+                raise ValueError(f"Redis at {backend.where}: {MODULE_HELP}")
             pipe = conn.pipeline(transaction=True)
             if self.layout == "lists":
                 self._lists(pipe, table)
@@ -352,6 +352,7 @@ class RedisBackend(Backend):
         self.reordered_rows = 0
         self.nulled_values = 0
         self.refused_commands = 0
+        self.no_module_rows = 0
         self._skipped: set[tuple[str, str]] = set()
         self._last_error = ""
 
@@ -494,4 +495,5 @@ class RedisBackend(Backend):
             "reordered_rows": self.reordered_rows,
             "nulled_values": self.nulled_values,
             "refused_commands": self.refused_commands,
+            "rows_without_timeseries_module": self.no_module_rows,
         }

@@ -111,6 +111,9 @@ class StoreRunner:
         self.meter = Meter(name, "store")
         self._stats_source = Source(name, topic=f"stats.{name}")
         self._slots: dict[tuple[str, int], _Slot] = {}
+        # finished slots (end of stream, new run, new settings) whose rows a failing
+        # backend has not taken yet: retried like the others, closed once written
+        self._retiring: list[_Slot] = []
         self._ended_sources: set[str] = set()
         self._seen_sources: set[str] = set()
         self._written_paths: set[str] = set()  # files this process opened (overwrite once)
@@ -184,12 +187,10 @@ class StoreRunner:
             return slot
         settings, merged = self._settings(env)
         if slot is not None:  # the source changed its settings: finish the old destination
-            self._flush(slot, force=True)
-            self._close(slot)
+            self._retire(slot)
         for old_key in [k for k in self._slots if k[0] == h.source and k != key]:
             old = self._slots.pop(old_key)  # a new run of this source: close the old run's files
-            self._flush(old, force=True)
-            self._close(old)
+            self._retire(old)
         opts = self.backend.options
         slot = _Slot(
             h.source,
@@ -226,9 +227,7 @@ class StoreRunner:
             if Kind.EOS in self.backend.kinds:
                 self._add(self._slot_for(env), env)
             for key in [k for k in self._slots if k[0] == h.source]:
-                slot = self._slots.pop(key)
-                self._flush(slot, force=True)
-                self._close(slot)
+                self._retire(self._slots.pop(key))
             return
         if h.kind not in self.backend.kinds:
             if h.kind in DATA_KINDS:  # data this backend cannot store: say so, never crash
@@ -276,13 +275,23 @@ class StoreRunner:
         if slot.rows >= slot.flush_rows or slot.nbytes >= slot.flush_bytes:
             self._flush(slot)
 
+    def _all_slots(self) -> list[_Slot]:
+        return [*self._slots.values(), *self._retiring]
+
+    def _retire(self, slot: _Slot) -> None:
+        """Flush and close a finished slot; if the backend fails, keep it (and its rows)."""
+        if self._flush(slot, force=True):
+            self._close(slot)
+        else:
+            self._retiring.append(slot)
+
     @property
     def pending_rows(self) -> int:
-        return sum(s.rows for s in self._slots.values())
+        return sum(s.rows for s in self._all_slots())
 
     @property
     def pending_bytes(self) -> int:
-        return sum(s.nbytes for s in self._slots.values())
+        return sum(s.nbytes for s in self._all_slots())
 
     def _flush(self, slot: _Slot, *, force: bool = False) -> bool:
         """Write the slot's buffer; False if the backend failed (rows kept for a retry)."""
@@ -449,6 +458,10 @@ class StoreRunner:
                 self._flush(slot)
             elif not slot.buffer and slot.writer is not None:
                 self._maybe_rotate(slot)
+        for slot in list(self._retiring):
+            if self._flush(slot):
+                self._close(slot)
+                self._retiring.remove(slot)
 
     def report(self, *, final: bool = False) -> None:
         m = self.meter
@@ -531,21 +544,21 @@ class StoreRunner:
     def _shutdown(self) -> int:
         deadline = time.monotonic() + SHUTDOWN_RETRY_SECONDS
         while True:
-            pending = [s for s in self._slots.values() if s.buffer]
+            pending = [s for s in self._all_slots() if s.buffer]
             for slot in pending:
                 self._flush(slot, force=True)
-            pending = [s for s in self._slots.values() if s.buffer]
+            pending = [s for s in self._all_slots() if s.buffer]
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(min(1.0, max(s.backoff for s in pending)))
-        failed = sum(s.rows for s in self._slots.values())
+        failed = sum(s.rows for s in self._all_slots())
         if failed:
             log.error(
                 "%s: %d rows could not be written before shutdown (backend still failing)",
                 self.backend.name,
                 failed,
             )
-        for slot in self._slots.values():
+        for slot in self._all_slots():
             self._close(slot)
         self.backend.close()
         return failed
