@@ -10,7 +10,7 @@ import pytest
 
 from conftest import write
 from enrgdaq_core.config import ConfigError, check, convert, load, read_toml
-from enrgdaq_core.jobs import load_job
+from enrgdaq_core.jobs import load_job, names
 from enrgdaq_core.jobs.sensor import SensorConfig, SensorJob
 from enrgdaq_core.jobs.test_job import TestJob as SeedTestJob
 
@@ -22,7 +22,7 @@ CSV_KEYS = (
     "add_date, file_path, flush_rows, flush_seconds, overwrite, rotate, rotate_mb, use_gzip, "
     "use_zstd"
 )
-KNOWN_TYPES = "sensor, digitizer, metrics, test, DAQJobPCMetrics, DAQJobTest, pc_metrics"
+KNOWN_TYPES = ", ".join(names() + ["DAQJobPCMetrics", "DAQJobTest", "pc_metrics"])
 
 
 def errors_of(path: Path) -> list[str]:
@@ -61,7 +61,7 @@ def test_every_error_of_a_file_in_file_order(tmp_path: Path) -> None:
         "[store_config.parquet]\n",
     )
     assert errors_of(f) == [
-        f"{f}: channels: expected an integer, got a number (2.5)",
+        f"{f}: channels: expected an integer >= 0, got a number (2.5)",
         f"{f}: verbosity: expected one of 'DEBUG', 'ERROR', 'INFO', 'WARNING', "
         "got a string ('debug')",
         f"{f}: store_config.csv.file_pat: unknown key, did you mean 'file_path'? "
@@ -141,18 +141,42 @@ def test_constraints_and_lists() -> None:
     class Cfg(msgspec.Struct, forbid_unknown_fields=True):
         count: Annotated[int, msgspec.Meta(ge=1)]
         gain: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+        percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
         names: list[str] = []
 
-    issues = check({"count": 0, "gain": 0, "names": ["a", 2]}, Cfg, "c.toml")
+    issues = check({"count": 0, "gain": 0, "percent": 101, "names": ["a", 2]}, Cfg, "c.toml")
     assert [str(i) for i in issues] == [
         "c.toml: count: expected an integer >= 1, got 0",
         "c.toml: gain: expected a number > 0, got 0",
+        "c.toml: percent: expected a number >= 0 and <= 100, got 101",
         "c.toml: names[1]: expected a string, got an integer (2)",
     ]
+    assert [str(i) for i in check({"count": "x"}, Cfg, "c.toml")] == [
+        "c.toml: count: expected an integer >= 1, got a string ('x')"
+    ]
     assert [str(i) for i in check({}, Cfg, "c.toml")] == [
-        "c.toml: count: missing required key (an integer)"
+        "c.toml: count: missing required key (an integer >= 1)"
     ]
     assert convert({"count": 2, "gain": 3}, Cfg, "c.toml") == Cfg(count=2, gain=3.0, names=[])
+
+
+def test_job_values_out_of_range(tmp_path: Path) -> None:
+    """Values a simulated device cannot work with are config errors, not tracebacks later."""
+    f = write(
+        tmp_path / "d.toml",
+        'daq_job_type = "digitizer"\nchannels = 0\nsamples = 0\nevent_rate = -5\nnoise = -1\n',
+    )
+    assert errors_of(f) == [
+        f"{f}: channels: expected an integer >= 1, got 0",
+        f"{f}: samples: expected an integer >= 1, got 0",
+        f"{f}: event_rate: expected a number > 0, got -5",
+        f"{f}: noise: expected a number >= 0, got -1",
+    ]
+    g = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\nchannels = -1\nrows_per_step = 0\n')
+    assert errors_of(g) == [
+        f"{g}: channels: expected an integer >= 0, got -1",
+        f"{g}: rows_per_step: expected an integer >= 1, got 0",
+    ]
 
 
 def test_seed_style_config_is_accepted(tmp_path: Path) -> None:

@@ -55,9 +55,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def _describe(t: mi.Type) -> str:
     match t:
         case mi.IntType():
-            return "an integer"
+            return "an integer" + _bounds(t)
         case mi.FloatType():
-            return "a number"
+            return "a number" + _bounds(t)
         case mi.BoolType():
             return "true or false"
         case mi.StrType():
@@ -81,6 +81,22 @@ def _describe(t: mi.Type) -> str:
         case mi.AnyType():
             return "any value"
     return str(t)
+
+
+def _bounds(t: mi.IntType | mi.FloatType) -> str:
+    limits = [f">= {t.ge}" if t.ge is not None else "", f"> {t.gt}" if t.gt is not None else ""]
+    limits += [f"<= {t.le}" if t.le is not None else "", f"< {t.lt}" if t.lt is not None else ""]
+    shown = " and ".join(x for x in limits if x)
+    return f" {shown}" if shown else ""
+
+
+def _within(value: float, t: mi.IntType | mi.FloatType) -> bool:
+    return not (
+        (t.ge is not None and value < t.ge)
+        or (t.gt is not None and value <= t.gt)
+        or (t.le is not None and value > t.le)
+        or (t.lt is not None and value >= t.lt)
+    )
 
 
 def _plural(desc: str) -> str:
@@ -134,20 +150,12 @@ def _check(value: Any, t: mi.Type, key: str, issues: list[tuple[str, str]]) -> N
         case mi.BoolType():
             if not isinstance(value, bool):
                 wrong()
-        case mi.IntType():
-            if isinstance(value, bool) or not isinstance(value, int):
+        case mi.IntType() | mi.FloatType():
+            number = int | float if isinstance(t, mi.FloatType) else int
+            if isinstance(value, bool) or not isinstance(value, number):
                 wrong()
-            elif t.ge is not None and value < t.ge:
-                issues.append((key, f"expected an integer >= {t.ge}, got {value}"))
-            elif t.gt is not None and value <= t.gt:
-                issues.append((key, f"expected an integer > {t.gt}, got {value}"))
-        case mi.FloatType():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                wrong()
-            elif t.ge is not None and value < t.ge:
-                issues.append((key, f"expected a number >= {t.ge}, got {value}"))
-            elif t.gt is not None and value <= t.gt:
-                issues.append((key, f"expected a number > {t.gt}, got {value}"))
+            elif not _within(value, t):
+                issues.append((key, f"expected {_describe(t)}, got {value}"))
         case mi.StrType():
             if not isinstance(value, str):
                 wrong()

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 from enrgdaq_core.jobs.base import Job, JobConfig
 
 
 class DigitizerConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
     interval_seconds: float = 0.01
-    channels: int = 4
-    samples: int = 1024
-    event_rate: float = 100.0  # events per second; spread over steps of interval_seconds
+    channels: Annotated[int, msgspec.Meta(ge=1)] = 4
+    samples: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    event_rate: Annotated[float, msgspec.Meta(gt=0)] = (
+        100.0  # events per second; spread over steps of interval_seconds
+    )
     baseline: int = 1000
     pulse_height: int = 500
-    noise: float = 5.0
+    noise: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     output: Literal["table", "raw"] = "table"
     seed: int | None = None
 

@@ -104,6 +104,7 @@ def run_job(
                 meter.sent(env.nbytes, env.header.rows)
                 if max_messages is not None and meter.msgs_out >= max_messages:
                     stop.set()
+                    break  # a step that returned several items must not overshoot --count
             now = time.monotonic()
             if now >= next_report:
                 report = meter.report()

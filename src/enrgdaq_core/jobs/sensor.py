@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Annotated
 
 import msgspec
 
@@ -11,11 +12,11 @@ from enrgdaq_core.jobs.base import Job, JobConfig
 
 
 class SensorConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
-    channels: int = msgspec.field(default=4)
+    channels: Annotated[int, msgspec.Meta(ge=0)] = 4
     mean: float = 20.0
-    noise: float = 0.1
+    noise: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     drift_per_hour: float = 0.0
-    rows_per_step: int = 1
+    rows_per_step: Annotated[int, msgspec.Meta(ge=1)] = 1
     seed: int | None = None
 
 
