@@ -177,6 +177,7 @@ def test_kill_9_keeps_what_was_flushed_and_restart_opens_a_new_part(
     second = tmp_path / "run_part001.raw"
     assert [e.header.seq for e in records(second)] == list(range(100, 200))
     assert open_part(second).index.complete  # type: ignore[union-attr]
+    assert (open_part(path).part, open_part(second).part) == (0, 1)
 
     # both parts replay as one run, in order
     rp = procs.run("replay", str(second), str(path), "-o", "-")

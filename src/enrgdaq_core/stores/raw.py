@@ -27,7 +27,7 @@ from enrgdaq_core.envelope import Envelope, Kind
 from enrgdaq_core.runfile import RunFileWriter, config_snapshot, run_meta
 from enrgdaq_core.store_config import RawStoreConfig
 from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
-from enrgdaq_core.stores.paths import file_path, parse_period, split_name, unique
+from enrgdaq_core.stores.paths import file_path, parse_period, parts, split_name, unique
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -190,9 +190,10 @@ class RawBackend(Backend):
             family.current.close()
             family.current = None
         overwrite = family.overwrite and path not in self._written
+        # part numbers go on across restarts: files of this series already there count
+        part = max(self._parts.get(key, 0), 0 if overwrite else len(parts(path)))
         if not overwrite:
             path = unique(path)
-        part = self._parts.get(key, 0)
         self._parts[key] = part + 1
         if family.settings.payload_only:
             family.current = _PlainFile(path, overwrite)
