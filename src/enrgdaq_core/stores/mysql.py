@@ -526,6 +526,8 @@ class MySQLWriter(Writer):
 
     def write(self, table: pa.Table) -> None:
         backend = self.backend
+        if table.num_columns and table.column(0).num_chunks > 1:
+            table = table.combine_chunks()  # many 1-row messages: one pass, not one per column
         try:
             conn = backend.connection()
             with conn.cursor() as cur:

@@ -201,9 +201,22 @@ class RedisWriter(Writer):
                     last_seq += 1
                 ids.append(f"{last_ms}-{last_seq}")
             self._pending_id = (last_ms, last_seq)
-        for i, entry_id in enumerate(ids):
-            fields = {name: values[i] for name, values in columns if values[i] is not None}
-            pipe.xadd(self.key, fields or {b"_": b""}, id=entry_id)
+        key = self.key.encode()
+        command = pipe.execute_command  # XADD as raw arguments: no per-row dict
+        if not any(v is None for _, values in columns for v in values):
+            names = [name for name, _ in columns]
+            for entry_id, row in zip(ids, zip(*(v for _, v in columns), strict=True), strict=True):
+                args: list[Any] = [b"XADD", key, entry_id]
+                for name, value in zip(names, row, strict=True):
+                    args += (name, value)
+                command(*args)
+        else:
+            for i, entry_id in enumerate(ids):
+                args = [b"XADD", key, entry_id]
+                for name, values in columns:
+                    if values[i] is not None:
+                        args += (name, values[i])
+                command(*(args if len(args) > 3 else [*args, b"_", b""]))
         if self.expire_seconds:
             now_ms = int(_dt.datetime.now(_dt.UTC).timestamp() * 1000)
             pipe.xtrim(self.key, minid=now_ms - self.expire_seconds * 1000, approximate=True)
@@ -271,6 +284,8 @@ class RedisWriter(Writer):
         import redis
 
         backend = self.backend
+        if table.num_columns and table.column(0).num_chunks > 1:
+            table = table.combine_chunks()  # many 1-row messages: one pass, not one per column
         self._pending_id: tuple[int, int] | None = None
         try:
             conn = backend.connection()
