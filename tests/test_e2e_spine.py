@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from conftest import Procs, write
 from enrgdaq_core.channels import BrokerInput
 from enrgdaq_core.envelope import Kind
-from enrgdaq_core.stream import StreamReader
+from enrgdaq_core.stream import Record, StreamReader
 from enrgdaq_core.transport import BrokerAddress
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +32,6 @@ def test_job_to_pipe_decodes(procs: Procs, tmp_path: Path) -> None:
     cfg = write(tmp_path / "sensor.toml", SENSOR)
     p = procs.run("job", "run", str(cfg), "-o", "-", "--count", "5")
     assert p.returncode == 0, p.stderr.decode()
-    import io
-
     records = list(StreamReader(io.BytesIO(p.stdout)))
     kinds = [r.envelope.kind for r in records]
     assert kinds == [Kind.TABLE] * 5 + [Kind.EOS]
@@ -78,8 +77,6 @@ def test_broker_job_tap(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> 
         stdout=subprocess.PIPE,
     )
     out, _ = tap.communicate(timeout=30)
-    import io
-
     envs = [r.envelope for r in StreamReader(io.BytesIO(out))]
     assert len(envs) == 5 and all(e.header.source == "sensor1" for e in envs)
     got = []
@@ -96,3 +93,115 @@ def test_broker_job_tap(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> 
         if env.kind is Kind.EOS:
             break
     inp.close()
+
+
+def _first_record_while_running(p: subprocess.Popen, timeout: float = 30) -> Record:
+    """The first record on `p`'s stdout, read while `p` keeps running."""
+    import select
+
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    assert ready, "nothing arrived on the pipe"
+    rec = next(StreamReader(p.stdout))
+    assert p.poll() is None
+    return rec
+
+
+def test_job_pipe_is_flushed_while_the_job_waits(procs: Procs, tmp_path: Path) -> None:
+    """A slow source's data reaches the pipe at once, not when an 8 kB buffer fills up."""
+    procs.env.pop("PYTHONUNBUFFERED", None)  # as in a user's shell
+    cfg = write(tmp_path / "slow.toml", 'daq_job_type = "test"\ninterval_seconds = 600\n')
+    job = procs.start("job", "run", str(cfg), "-o", "-", stdout=subprocess.PIPE)
+    rec = _first_record_while_running(job)
+    assert rec.envelope.kind is Kind.TABLE and rec.envelope.header.seq == 0
+    assert procs.stop(job) == 0
+
+
+def test_tap_pipe_is_flushed_while_idle(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    from enrgdaq_core.broker import wait_for_subscriptions
+
+    procs.env.pop("PYTHONUNBUFFERED", None)
+    cfg = write(tmp_path / "slow.toml", 'daq_job_type = "test"\ninterval_seconds = 600\n')
+    tap = procs.start(
+        "tap", "--lossless", "data.slow", "--broker", broker.base, stdout=subprocess.PIPE
+    )
+    assert wait_for_subscriptions(broker, ["data.slow"], timeout=20)
+    job = procs.start("job", "run", str(cfg), "-o", "broker", "--broker", broker.base)
+    rec = _first_record_while_running(tap)
+    assert rec.envelope.topic == "data.slow" and rec.envelope.header.seq == 0
+    assert procs.stop(job) == 0
+    assert procs.stop(tap) == 0
+
+
+def test_tap_shows_a_line_per_message_on_a_terminal(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    import os
+    import pty
+    import re
+
+    cfg = write(tmp_path / "sensor.toml", SENSOR)
+    job = procs.start("job", "run", str(cfg), "-o", "broker", "--broker", broker.base)
+    leader, follower = pty.openpty()
+    try:
+        tap = procs.start(
+            "tap", "data.sensor1", "--broker", broker.base, "--count", "3", stdout=follower
+        )
+        os.close(follower)
+        follower = -1
+        assert tap.wait(30) == 0, tap.stderr.read().decode()
+        text = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            text += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    lines = text.decode().splitlines()
+    assert len(lines) == 3
+    pattern = (
+        r"\d\d:\d\d:\d\d\.\d{3} data\.sensor1 table src=sensor1 seq=(\d+) rows=1 cols=4 "
+        r"bytes=\d+ lat=\d+\.\d\dms"
+    )
+    seqs = [int(re.fullmatch(pattern, line).group(1)) for line in lines]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert procs.stop(job) == 0
+
+
+EXAMPLES = Path(__file__).parent.parent / "configs" / "examples"
+
+
+def test_examples_run_as_they_are(procs: Procs, tmp_path: Path) -> None:
+    """Every job config in configs/examples runs unchanged: two messages and end-of-stream."""
+    import tomllib
+
+    from enrgdaq_core.jobs import load_job
+
+    files = {}
+    for path in sorted(EXAMPLES.glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        if "daq_job_type" in data and not str(data["daq_job_type"]).startswith("DAQJobStore"):
+            files[path.name] = path
+    assert {"sensor.toml", "digitizer.toml", "metrics.toml", "test.toml"} <= set(files)
+    running = {
+        name: procs.start(
+            "job", "run", str(path), "--count", "2", "-o", "-", stdout=subprocess.PIPE
+        )
+        for name, path in files.items()
+    }
+    for name, p in running.items():
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, (name, err.decode())
+        envs = [r.envelope for r in StreamReader(io.BytesIO(out))]
+        assert [e.kind for e in envs] == [Kind.TABLE, Kind.TABLE, Kind.EOS], name
+        job = load_job(files[name])
+        assert envs[0].header.source == job.name
+        assert envs[0].header.store == job.config.store_config.for_header(), name
+        assert envs[0].header.store, f"{name} has no [store_config.*]"

@@ -64,11 +64,14 @@ def tap(
     signal.signal(signal.SIGTERM, handler)
     if not stream:
         from enrgdaq_core.render import envelope_line
-    last = time.monotonic()
+    last = flushed = time.monotonic()
     with errors():
         try:
             while not stopping and (count is None or seen < count):
                 env = inp.recv(0.2)
+                if out is not None and (env is None or time.monotonic() - flushed >= 0.1):
+                    out.flush()  # a pipe reader must not wait for a full buffer
+                    flushed = time.monotonic()
                 if env is None:
                     if timeout is not None and time.monotonic() - last > timeout:
                         break

@@ -23,6 +23,8 @@ from enrgdaq_core.transport import TelemetryPublisher
 
 log = logging.getLogger("enrgdaq.job")
 
+FLUSH_EVERY = 0.1  # seconds: the most a stream output holds data back
+
 
 class StopFlag:
     """Set by signals or by the caller; `wait()` doubles as an interruptible sleep."""
@@ -91,6 +93,7 @@ def run_job(
     meter = Meter(job.name, "job")
     interval = job.interval
     next_report = time.monotonic() + stats_interval
+    flushed = time.monotonic()
     job.start()
     try:
         deadline = time.monotonic()
@@ -113,13 +116,20 @@ def run_job(
                 if on_report is not None:
                     on_report(report)
                 next_report = now + stats_interval
+            delay = 0.0
             if interval > 0:
                 deadline += interval
                 delay = deadline - time.monotonic()
                 if delay < -interval:  # fell behind by more than a step: do not burst to catch up
                     deadline = time.monotonic()
-                elif delay > 0:
-                    stop.wait(delay)
+            # A pipe's buffer must not sit on data while we sleep (a 1 Hz sensor would reach
+            # the store seconds late, and a kill would lose it): flush before waiting, and at
+            # least every FLUSH_EVERY seconds when running flat out.
+            if delay > 0 or now - flushed >= FLUSH_EVERY:
+                output.flush()
+                flushed = now
+            if delay > 0:
+                stop.wait(delay)
     finally:
         try:
             output.send(source.end_of_stream())
