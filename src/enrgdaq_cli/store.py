@@ -97,6 +97,14 @@ def store(
     exit_on_eos: Annotated[
         bool, typer.Option(help="Exit once every source seen has sent end-of-stream.")
     ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="File keeping the last sequence number written per source, so a restarted "
+            "store counts exactly what it missed (daq up sets it).",
+            show_default=False,
+        ),
+    ] = None,
     address: BrokerOpt = None,
 ) -> None:
     from enrgdaq_core.channels import StreamInput, open_input
@@ -134,6 +142,7 @@ def store(
         install_signal_handlers(stop)
         runner = StoreRunner(
             be,
+            state_file=state,
             name=piece,
             settings_override=overrides,
             destination=output,

@@ -15,9 +15,12 @@ value it cannot represent) are counted (`rejected_rows`) and logged with the rea
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -61,6 +64,7 @@ class _Slot:
     since: float = 0.0  # monotonic time of the oldest buffered row
     retry_at: float = 0.0
     backoff: float = RETRY_FIRST
+    last: tuple[int, int] | None = None  # (epoch, seq) of the newest buffered message
 
 
 @dataclass
@@ -99,6 +103,7 @@ class StoreRunner:
         telemetry: TelemetryPublisher | None = None,
         stats_interval: float = 1.0,
         require_target: bool = False,
+        state_file: Path | None = None,
     ) -> None:
         self.backend = backend
         self.require_target = require_target
@@ -138,6 +143,47 @@ class StoreRunner:
         self.max_pending = opts.max_pending_rows
         self.max_pending_bytes = int(opts.max_pending_mb * 1e6)
         self._tick_seconds = min(TICK_SECONDS, self.flush_seconds)
+        self._state_file = state_file
+        self._marks: dict[str, list[int]] = {}  # source -> [epoch, last seq written]
+        if state_file is not None:
+            self._load_marks()
+
+    # -- written marks: a restarted store counts exactly what it missed ------------------
+
+    def _load_marks(self) -> None:
+        """Continue each source's sequence where the last process of this store wrote it.
+
+        Rows a killed store had buffered, and messages sent while it was down, then show as
+        a sequence gap (`lost`) in this process instead of vanishing uncounted.
+        """
+        assert self._state_file is not None
+        try:
+            data = json.loads(self._state_file.read_text())
+            marks = {str(k): [int(v[0]), int(v[1])] for k, v in data["written"].items()}
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            log.warning(
+                "%s: ignoring unreadable state file %s: %s", self.name, self._state_file, exc
+            )
+            return
+        seq = self.meter.sequences
+        for source, (epoch, last) in marks.items():
+            seq.epochs[source] = epoch
+            seq.expected[source] = last + 1
+        self._marks = marks
+
+    def _mark(self, source: str, epoch: int, seq: int) -> None:
+        if self._state_file is None or self._marks.get(source) == [epoch, seq]:
+            return
+        self._marks[source] = [epoch, seq]
+        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"written": self._marks}))
+            os.replace(tmp, self._state_file)
+        except OSError as exc:
+            self._warn("state", "%s: cannot write %s: %s", self.name, self._state_file, exc)
 
     # -- settings and destinations -------------------------------------------------------
 
@@ -228,7 +274,10 @@ class StoreRunner:
                 self._add(self._slot_for(env), env)
             for key in [k for k in self._slots if k[0] == h.source]:
                 self._retire(self._slots.pop(key))
+            if not any(s.buffer for s in self._retiring if s.source == h.source):
+                self._mark(h.source, h.epoch, h.seq)
             return
+        self._ended_sources.discard(h.source)  # a source that ended and came back is open
         if h.kind not in self.backend.kinds:
             if h.kind in DATA_KINDS:  # data this backend cannot store: say so, never crash
                 self.bad_messages += 1
@@ -271,6 +320,7 @@ class StoreRunner:
         slot.buffer.append(item)
         slot.rows += rows
         slot.nbytes += env.nbytes
+        slot.last = (env.header.epoch, env.header.seq)
         self.meter.queue = self.pending_rows
         if slot.rows >= slot.flush_rows or slot.nbytes >= slot.flush_bytes:
             self._flush(slot)
@@ -328,6 +378,8 @@ class StoreRunner:
             return False
         slot.backoff = RETRY_FIRST
         slot.retry_at = 0.0
+        if not slot.buffer and slot.last is not None:
+            self._mark(slot.source, *slot.last)
         self.last_flush_ms = (time.perf_counter() - t0) * 1e3
         self.max_flush_ms = max(self.max_flush_ms, self.last_flush_ms)
         self._maybe_rotate(slot)
@@ -483,6 +535,9 @@ class StoreRunner:
             "not_targeted": self.not_targeted,
             "rows_by_source": dict(self.rows_by_source),
             "lost_by_source": dict(m.sequences.lost),
+            # sources whose last message was not end-of-stream: `daq up` stops a store only
+            # once this is empty, so nothing in flight is cut off
+            "open_sources": sorted(self._seen_sources - self._ended_sources),
             **self.backend.stats(),
         }
         if final:
