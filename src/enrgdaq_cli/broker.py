@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import signal
-from typing import Annotated, Any
+import threading
+from typing import Annotated
 
 import typer
 
@@ -28,6 +28,7 @@ def broker(
     name: Annotated[str, typer.Option(help="Name in stats (stats.<name>).")] = "broker",
 ) -> None:
     from enrgdaq_core.broker import Broker
+    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
 
     setup_logging(name=name)
     addr = broker_address(address)
@@ -38,11 +39,10 @@ def broker(
         typer.echo(f"daq: error: cannot bind {addr.base}: {exc}", err=True)
         raise typer.Exit(1) from None
 
-    def handler(_signum: int, _frame: Any) -> None:
-        b.stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    # SIGINT/SIGTERM, and (under `daq up`) the death of the supervisor, stop the broker.
+    stop = StopFlag()
+    install_signal_handlers(stop)
+    threading.Thread(target=lambda: (stop.wait(None), b.stop()), daemon=True).start()
     typer.echo(
         f"broker {name} listening: in {addr.inbound}  out {addr.outbound}  "
         f"mon {addr.monitor}  ctl {addr.control}",

@@ -22,12 +22,15 @@ import zmq
 from enrgdaq_core.envelope import TOPIC_END, Kind, Source, decode_body, encode_body
 from enrgdaq_core.stats import ProcessSampler, StatsReport
 from enrgdaq_core.transport import (
+    _NOBLOCK,
     DATA_HWM,
     MONITOR_HWM,
     BrokerAddress,
     CurveKeys,
     TelemetryPublisher,
+    _recv_parts,
     _secure,
+    _send_parts,
 )
 
 _CAPTURE = "inproc://enrgdaq-broker-capture"
@@ -64,6 +67,14 @@ class BrokerState:
                     if n > 0
                 ],
                 "monitor_dropped": self.monitor_dropped,
+                # how many lossless consumers hold each subscription (the supervisor waits
+                # until every store that takes a source's data has subscribed)
+                "subscribers": {
+                    s.decode(errors="replace").rstrip("\x00")
+                    + ("" if not s.endswith(TOPIC_END) else "$"): n
+                    for s, n in self.subscriptions.items()
+                    if n > 0
+                },
             }
 
 
@@ -107,7 +118,10 @@ class Broker:
         self._xpub.sndhwm = self.hwm
         self._xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, for counting
         self._capture = ctx.socket(zmq.PAIR)
-        self._capture.sndhwm = 0  # the counter must see everything: it is on the critical path
+        # The counter must see everything, so the proxy blocks when it falls `hwm` messages
+        # behind (backpressure, like every other queue) rather than queueing without bound:
+        # an unbounded capture queue let the broker's memory grow with the backlog.
+        self._capture.sndhwm = self.hwm
         self._capture.bind(_CAPTURE)
         self._monitor = ctx.socket(zmq.PUB)
         self._monitor.sndhwm = MONITOR_HWM
@@ -151,29 +165,39 @@ class Broker:
                 sock.close(linger=0)
 
     def _count(self) -> None:
+        # Every message passes through here, so this loop is kept to frame-level work: parts
+        # arrive as zero-copy frames (a 4 MB payload is neither copied in nor out again),
+        # counters are found by the raw topic frame (no decode per message), and the pyzmq
+        # calls are the plain ones (see transport._recv_parts).
         sock = self._ctx.socket(zmq.PAIR)
-        sock.rcvhwm = 0
+        sock.rcvhwm = self.hwm
         sock.connect(_CAPTURE)
         state = self.state
         counters = state.counters
+        by_frame: dict[bytes, TopicCounter] = {}
         monitor = self._monitor
         try:
             while True:
-                parts = sock.recv_multipart()
-                first = parts[0]
+                parts = _recv_parts(sock)
+                first = parts[0].bytes
                 if len(parts) == 1 and first[:1] in (b"\x00", b"\x01"):
                     with state.lock:
                         state.subscriptions[first[1:]] += 1 if first[0] == 1 else -1
                     continue
-                key = topic_prefix(first)
-                c = counters.get(key)
+                c = by_frame.get(first)
                 if c is None:
+                    key = topic_prefix(first)
                     with state.lock:  # snapshot() iterates the dict under this lock
-                        c = counters[key] = TopicCounter()
+                        c = counters.get(key)
+                        if c is None:
+                            c = counters[key] = TopicCounter()
+                    if len(by_frame) > 65536:
+                        by_frame.clear()
+                    by_frame[first] = c
                 c.messages += 1
                 c.bytes += sum(map(len, parts))
                 try:
-                    monitor.send_multipart(parts, zmq.NOBLOCK)
+                    _send_parts(monitor, parts, _NOBLOCK)
                 except zmq.Again:
                     state.monitor_dropped += 1
         except zmq.ContextTerminated:
