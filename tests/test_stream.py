@@ -177,6 +177,18 @@ def test_header_of_a_record_that_decodes_badly() -> None:
     assert (err.offset, err.record) == (len(file_header()), 0)
 
 
+def test_record_whose_inner_lengths_overrun_its_body() -> None:
+    """A well-checksummed record from a buggy writer: the lengths inside must add up."""
+    topic, header = b"data.x", b"\x80"
+    body = struct.pack("<HI", len(topic), 50) + topic + header
+    record = struct.pack("<4sII", RECORD_MARKER, len(body), zlib.crc32(body)) + body
+    got, err = read_until_damage(file_header() + record)
+    assert got == [] and isinstance(err, StreamDamage)
+    assert err.reason == (
+        "undecodable record (topic (6) and header (50) lengths exceed the record body)"
+    )
+
+
 def test_not_a_stream() -> None:
     with pytest.raises(StreamError, match=r"^empty stream: no file header$"):
         StreamReader(io.BytesIO(b""))

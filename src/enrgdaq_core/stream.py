@@ -235,6 +235,10 @@ class StreamReader:
 def _decode_body(body: memoryview) -> Envelope:
     topic_len, header_len = _BODY_HEAD.unpack_from(body)
     pos = _BODY_HEAD.size
+    if pos + topic_len + header_len > len(body):
+        raise EnvelopeError(
+            f"topic ({topic_len}) and header ({header_len}) lengths exceed the record body"
+        )
     try:
         topic = bytes(body[pos : pos + topic_len]).decode()
     except UnicodeDecodeError:
