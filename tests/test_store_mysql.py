@@ -388,3 +388,22 @@ def test_kill9_keeps_committed_rows(procs: Procs, mysql: Any, mysql_table: str):
     got = [k for (k,) in query(mysql, f"SELECT k FROM `{mysql_table}` ORDER BY k")]
     assert got == list(range(len(got)))  # a prefix: whole flushes, nothing torn or twice
     assert 100 <= len(got) <= 155
+
+
+def test_datetime_and_json_options(procs: Procs, tmp_path: Path, mysql: Any, mysql_table: str):
+    """`timestamp_type = "datetime"` stores ns timestamps as DATETIME(6) (to the µs, by
+    choice); `list_type = "json"` stores lists as JSON text."""
+    src = Source("opts", store={"mysql": {"table_name": mysql_table}})
+    table = pa.table(
+        {
+            "timestamp": pa.array([T0, None], pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+            "wave": pa.array([[1, 2], [None, 3]], pa.list_(pa.int32())),
+        }
+    )
+    stream = write_stream(tmp_path / "in.raw", [src.table(table), src.end_of_stream()])
+    _store(procs, stream, "-O", "timestamp_type=datetime", "-O", "list_type=json")
+    cols = _columns(mysql, mysql_table)
+    assert cols["timestamp"][0] == "datetime(6)" and cols["wave"][0] == "longtext"
+    got = query(mysql, f"SELECT timestamp, wave FROM `{mysql_table}` ORDER BY wave")
+    stamp = dt.datetime(2023, 11, 14, 22, 13, 20, 123456)
+    assert got == [(stamp, "[1,2]"), (None, "[null,3]")]

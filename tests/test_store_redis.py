@@ -323,3 +323,62 @@ def test_exec_reply_lost_is_not_written_twice(redis_client: Any, redis_key):
         assert got == list(range(15)), layout
     assert backend.stats()["duplicates_avoided"] == 20
     backend.close()
+
+
+def test_refused_command_is_reported(procs: Procs, tmp_path: Path, redis_client: Any, redis_key):
+    """A key of another type (WRONGTYPE): that column is refused and said so; the other
+    columns of the same rows are written (EXEC does not roll back)."""
+    redis_client.set(f"{redis_key}.b", "not a list")
+    src = Source("wt", store={"redis": {"key": redis_key}})
+    table = pa.table({"a": [1, 2], "b": [3, 4]})
+    stream = write_stream(tmp_path / "in.raw", [src.table(table), src.end_of_stream()])
+    p = _store(procs, stream)
+    assert b"Redis refused 1 command(s)" in p.stderr and b"WRONGTYPE" in p.stderr
+    assert redis_client.lrange(f"{redis_key}.a", 0, -1) == [b"1", b"2"]
+    assert redis_client.get(f"{redis_key}.b") == b"not a list"
+
+
+def test_timeseries_commands_shape():
+    """The RedisTimeSeries layout, checked against the command syntax with a recording
+    client: no server with the module is available here (see docs/stores-servers.md)."""
+    from enrgdaq_core.store_config import RedisStoreConfig
+    from enrgdaq_core.stores.base import Destination
+    from enrgdaq_core.stores.redis import RedisBackend, RedisOptions
+
+    calls: list[tuple] = []
+
+    class Pipe:
+        def execute_command(self, *args: Any) -> None:
+            calls.append(args)
+
+        def set(self, *args: Any, **kw: Any) -> None:
+            calls.append(("SET", *args))
+
+        def execute(self, raise_on_error: bool = True) -> list:
+            return []
+
+    class Conn:
+        def execute_command(self, *args: Any) -> None:
+            calls.append(args)
+
+        def pipeline(self, transaction: bool = True) -> Pipe:
+            return Pipe()
+
+    backend = RedisBackend(RedisOptions())
+    backend._conn, backend._module = Conn(), True
+    settings = RedisStoreConfig(key="lab", use_timeseries=True, key_expiration_days=1)
+    writer = backend.open(Destination(source="s", settings=settings, tag="A"), None)
+    ts = pa.array([T0_MS * 10**6, (T0_MS + 5) * 10**6], pa.int64()).cast(pa.timestamp("ns"))
+    writer.write(
+        pa.table({"timestamp": ts, "v": [1.5, float("nan")], "n": [3, 4], "s": ["x", "y"]})
+    )
+    assert calls[0] == (
+        "TS.CREATE", "labA.v", "DUPLICATE_POLICY", "LAST", "RETENTION", 86400000,
+        "LABELS", "key", "lab", "column", "v", "tag", "A",
+    )  # fmt: skip
+    assert calls[1][:2] == ("TS.CREATE", "labA.n")
+    assert calls[2] == (
+        "TS.MADD", "labA.v", T0_MS, b"1.5", "labA.n", T0_MS, b"3", "labA.n", T0_MS + 5, b"4",
+    )  # fmt: skip
+    stats = backend.stats()
+    assert stats["nulled_values"] == 1 and stats["timeseries_columns_skipped"] == 1

@@ -242,6 +242,8 @@ class RedisWriter(Writer):
         if times is None:
             now_ms = int(_dt.datetime.now(_dt.UTC).timestamp() * 1000)
             times = [now_ms] * table.num_rows
+        # one sample per ms per series (DUPLICATE_POLICY LAST): say how many were overwritten
+        self.backend.samples_overwritten += len(times) - len(set(times))
         samples: list[Any] = []
         for name in table.column_names:
             if name == tcol:
@@ -368,6 +370,7 @@ class RedisBackend(Backend):
         self.nulled_values = 0
         self.refused_commands = 0
         self.no_module_rows = 0
+        self.samples_overwritten = 0
         self._skipped: set[tuple[str, str]] = set()
         self._last_error = ""
 
@@ -511,4 +514,6 @@ class RedisBackend(Backend):
             "nulled_values": self.nulled_values,
             "refused_commands": self.refused_commands,
             "rows_without_timeseries_module": self.no_module_rows,
+            "timeseries_columns_skipped": len(self._skipped),
+            "timeseries_samples_overwritten": self.samples_overwritten,
         }
