@@ -160,6 +160,7 @@ class Envelope:
 
 
 _NODE = os.environ.get("DAQ_NODE") or socket.gethostname()
+_encode_table_view: Any = None  # tables.encode_table_view, bound on the first table sent
 
 
 def node_name() -> str:
@@ -207,9 +208,13 @@ class Source:
         return header
 
     def table(self, table: pa.Table | pa.RecordBatch) -> Envelope:
-        from enrgdaq_core.tables import encode_table
+        global _encode_table_view
+        if _encode_table_view is None:  # pyarrow loads on first use, not with this module
+            from enrgdaq_core.tables import encode_table_view
 
-        env = Envelope(self.topic, self._header(Kind.TABLE, table.num_rows), encode_table(table))
+            _encode_table_view = encode_table_view
+        header = self._header(Kind.TABLE, table.num_rows)
+        env = Envelope(self.topic, header, _encode_table_view(table))
         env._table = table
         return env
 
