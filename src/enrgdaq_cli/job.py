@@ -56,6 +56,7 @@ def run(
         job = load_job(file, name=name)
         setup_logging(job.config.verbosity, job.name)
         addr = broker_address(address)
+        job.broker = addr
         target = output if output is not None else ("-" if stdout_is_pipe() else "broker")
         stop = StopFlag()
         install_signal_handlers(stop)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from enrgdaq_cli import broker, job, replay, store, tap
+from enrgdaq_cli import broker, job, replay, stats, store, tap
 
 app = typer.Typer(
     name="daq",
@@ -31,6 +31,9 @@ app.command("tap", help=tap.HELP, short_help="Show what flows on the broker (or 
 )
 app.command("replay", help=replay.HELP, short_help="Play raw run files back; --info summarises.")(
     replay.replay
+)
+app.add_typer(
+    stats.app, name="stats", short_help="Rates, latency, loss of every piece; --watch, --serve."
 )
 
 

@@ -54,3 +54,161 @@ def envelope_line(env: Envelope, now_ns: int | None = None, *, latency: bool = T
         f"{stamp} {env.topic} {h.kind.value} src={h.source} seq={h.seq}{shape} bytes={env.nbytes}"
     )
     return f"{line} lat={lat:.2f}ms" if latency else line
+
+
+# -- daq stats: the snapshot and watch tables -------------------------------------------------
+
+STATUS_STYLE = {
+    "ok": "green",
+    "lossy": "bold red",
+    "alert": "bold magenta",
+    "stale": "bold yellow",
+    "stopped": "dim",
+}
+_ROW_STYLE = {"lossy": "red", "alert": "magenta", "stale": "yellow", "stopped": "dim"}
+_FIXED = 8 + 6 + 6 + 5 + 6 + 6 + 6 + 3  # every column but the piece's
+_GAPS = 8 * 2
+
+
+def compact(value: float | None) -> str:
+    """A number in at most 5 characters: 0, 7.25, 123, 12.3k, 4.56M."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if v == 0:
+        return "0"
+    if v < 0:
+        return "-" + compact(-v)[:4]
+    if v >= 1e4:
+        x = v
+        for suffix in "kMGTPE":
+            x /= 1000
+            text = f"{x:.3g}"
+            if "e" not in text and float(text) < 1000:
+                return text + suffix
+        return f"{v:.0e}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 1:
+        return f"{v:.3g}"
+    if v >= 0.01:
+        return f"{v:.2f}"
+    return "<0.01"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def stats_table(
+    pieces: list[Any],
+    now: float,
+    *,
+    stale_after: float,
+    width: int = 80,
+    show_node: bool | None = None,
+) -> Table:
+    """One row per piece (monitor.PieceView): status, rates, latency, loss, restarts.
+
+    Fits `width` columns (80 at least): the piece column takes what the figures leave.
+    """
+    nodes = {p.node for p in pieces if p.node}
+    if show_node is None:
+        show_node = len(nodes) > 1
+    name_width = max(8, width - _FIXED - _GAPS - 1)
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold underline")
+    table.add_column("piece", no_wrap=True, overflow="ellipsis", max_width=name_width)
+    table.add_column("status", no_wrap=True, width=8)
+    for name, w in (
+        ("in/s", 6),
+        ("out/s", 6),
+        ("MB/s", 5),
+        ("p50ms", 6),
+        ("p99ms", 6),
+        ("lost", 6),
+        ("rst", 3),
+    ):
+        table.add_column(name, justify="right", no_wrap=True, width=w, overflow="ellipsis")
+    for p in pieces:
+        status = p.status(now, stale_after)
+        r = p.report
+        label = f"{p.node}:{p.piece}" if show_node and p.node else p.piece
+        age = _age(p.age(now)) if p.reported else "?"
+        shown = status if status != "stale" else f"stale {age}"
+        if not p.reported:  # known by name only: no figures to show
+            table.add_row(label, f"[{STATUS_STYLE[status]}]{shown}[/]", *["-"] * 7)
+            continue
+        table.add_row(
+            label,
+            f"[{STATUS_STYLE[status]}]{shown}[/]",
+            compact(r.rate_in),
+            compact(r.rate_out),
+            compact(max(r.mb_in, r.mb_out)),
+            compact(r.latency_p50_ms),
+            compact(r.latency_p99_ms),
+            compact(r.lost),
+            compact(p.restarts),
+            style=_ROW_STYLE.get(status),
+        )
+    return table
+
+
+def stats_view(
+    monitor: Any,
+    *,
+    sort: str = "name",
+    broker: str = "",
+    width: int = 80,
+    hint: str = "",
+    max_alerts: int = 5,
+) -> Any:
+    """The whole watch screen: a title line, the table, active alerts, totals."""
+    from rich.console import Group
+    from rich.text import Text
+
+    now = monitor.clock()
+    pieces = monitor.pieces(sort, now=now)
+    nodes = sorted({p.node for p in pieces if p.node})
+    totals = monitor.totals(now)
+    head = Text(no_wrap=True, overflow="ellipsis")
+    head.append("daq stats", style="bold")
+    head.append(f"  {time.strftime('%H:%M:%S')}")
+    if len(nodes) == 1:
+        head.append(f"  node {nodes[0]}")
+    head.append(f"  {totals.pieces} piece{'s' if totals.pieces != 1 else ''}")
+    if broker:
+        head.append(f"  {broker}", style="dim")
+    parts: list[Any] = [head]
+    if pieces:
+        parts.append(stats_table(pieces, now, stale_after=monitor.stale_after, width=width))
+    else:
+        parts.append(Text("waiting for stats reports...", style="dim"))
+    alerts = monitor.alerts()
+    for a in alerts[:max_alerts]:
+        where = f"{a.piece}@{a.node}" if a.node and len(nodes) > 1 else a.piece
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"! {a.severity:<8}", style="bold magenta")
+        line.append(f" {where}: {a.message} ({a.name})")
+        parts.append(line)
+    if len(alerts) > max_alerts:
+        parts.append(Text(f"  ... and {len(alerts) - max_alerts} more alerts", style="magenta"))
+    foot = Text(no_wrap=True, overflow="ellipsis", style="dim")
+    bad = {k: v for k, v in totals.by_status.items() if v and k != "ok"}
+    foot.append(
+        f"lost {totals.lost}  missed reports {totals.missed_reports}"
+        + "".join(f"  {k} {v}" for k, v in bad.items())
+    )
+    if hint:
+        foot.append(f"   {hint}")
+    parts.append(foot)
+    return Group(*parts)
+
+
+def print_stats(monitor: Any, *, sort: str = "name", broker: str = "") -> None:
+    """The one-shot `daq stats` table on stdout (fits the terminal, 80 columns or more)."""
+    width = max(80, _out.width)
+    _out.print(stats_view(monitor, sort=sort, broker=broker, width=width))

@@ -48,17 +48,35 @@ class StatsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     extra: dict[str, Any] = {}
 
 
-class LatencyHistogram:
-    """Log-bucketed latency histogram: 20 buckets per decade from 1 us to 1000 s (~12% wide)."""
+def primary_rate(role: str, rate_in: float, rate_out: float) -> float:
+    """The rate people watch: out for a source job, in for a store, the broker or a monitor."""
+    if role == "job":
+        return rate_out
+    if role in ("store", "broker", "monitor"):
+        return rate_in
+    return max(rate_in, rate_out)
 
-    PER_DECADE = 20
+
+class LatencyHistogram:
+    """Log-bucketed latency histogram: 50 buckets per decade from 1 us to 1000 s (~4.7% wide).
+
+    Bucket 0 holds values at or below LOW; bucket i >= 1 holds [edge(i-1), edge(i)) with
+    edge(i) = LOW * 10**(i / PER_DECADE); the last bucket also takes everything above 1000 s.
+    A percentile is the nearest-rank sample, placed log-linearly inside its bucket and clamped
+    to the smallest and largest values seen: the error is below one bucket width (not the
+    upper edge, which overstates by up to a bucket), and a constant delay comes out exact.
+    """
+
+    PER_DECADE = 50
     LOW = 1e-6
-    BUCKETS = PER_DECADE * 9 + 2
+    DECADES = 9
+    BUCKETS = PER_DECADE * DECADES + 2
 
     def __init__(self) -> None:
         self.counts = [0] * self.BUCKETS
         self.n = 0
         self.max = 0.0
+        self.min = math.inf
 
     def add(self, seconds: float) -> None:
         if seconds <= self.LOW:
@@ -69,26 +87,40 @@ class LatencyHistogram:
         self.n += 1
         if seconds > self.max:
             self.max = seconds
+        if seconds < self.min:
+            self.min = seconds
+
+    def edge(self, i: int) -> float:
+        """Upper edge of bucket i (seconds)."""
+        return self.LOW * 10 ** (i / self.PER_DECADE)
 
     def percentile(self, q: float) -> float | None:
-        """Upper edge of the bucket holding the q-th quantile (seconds), None when empty."""
+        """The q-quantile (0..1) in seconds, None when empty."""
         if self.n == 0:
             return None
-        rank = q * self.n
-        seen = 0
+        if q <= 0:
+            return self.min
+        if q >= 1:
+            return self.max
+        rank = max(1, math.ceil(q * self.n - 1e-9))  # nearest rank, 1-based
+        before = 0
         for i, c in enumerate(self.counts):
-            seen += c
-            if seen >= rank and c:
-                if i == 0:
-                    return self.LOW
-                upper = self.LOW * 10 ** (i / self.PER_DECADE)
-                return min(upper, self.max)
+            if c and before + c >= rank:
+                lo = self.min if i == 0 else self.edge(i - 1)
+                hi = self.LOW if i == 0 else (self.max if i == self.BUCKETS - 1 else self.edge(i))
+                lo, hi = max(lo, self.min), min(hi, self.max)
+                frac = (rank - before - 0.5) / c
+                linear = lo <= 0 or hi <= lo  # bucket 0, or a bucket narrowed to one value
+                value = lo + (hi - lo) * frac if linear else lo * (hi / lo) ** frac
+                return min(max(value, self.min), self.max)
+            before += c
         return self.max
 
     def reset(self) -> None:
         self.counts = [0] * self.BUCKETS
         self.n = 0
         self.max = 0.0
+        self.min = math.inf
 
 
 class SequenceTracker:
@@ -159,6 +191,14 @@ class ProcessSampler:
         return out
 
 
+def _restarts_from_env() -> int:
+    """How often this piece was restarted: a supervisor passes it as DAQ_RESTARTS."""
+    try:
+        return max(0, int(os.environ.get("DAQ_RESTARTS", "0") or 0))
+    except ValueError:
+        return 0
+
+
 class Meter:
     """Counters of one piece plus the bookkeeping to turn them into a StatsReport each second."""
 
@@ -170,6 +210,7 @@ class Meter:
         self.rows_in = self.rows_out = 0
         self.undecodable = 0
         self.queue = 0
+        self.restarts = _restarts_from_env()
         self.last_in_ns = self.last_out_ns = 0
         self.latency = LatencyHistogram()
         self.sequences = SequenceTracker()
@@ -204,6 +245,10 @@ class Meter:
         def ms(v: float | None) -> float | None:
             return None if v is None else round(v * 1e3, 4)
 
+        extra = dict(self.extra)
+        if self.sequences.lost:
+            extra.setdefault("lost_by_source", dict(self.sequences.lost))
+
         report = StatsReport(
             piece=self.piece,
             role=self.role,
@@ -223,9 +268,10 @@ class Meter:
             latency_p99_ms=ms(hist.percentile(0.99)),
             latency_max_ms=ms(hist.max) if hist.n else None,
             queue=self.queue,
+            restarts=self.restarts,
             last_in_ns=self.last_in_ns,
             last_out_ns=self.last_out_ns,
-            extra=dict(self.extra),
+            extra=extra,
             **self._sampler.sample(),
         )
         hist.reset()

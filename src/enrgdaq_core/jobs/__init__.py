@@ -26,6 +26,7 @@ _BUILTINS = {
     "digitizer": "enrgdaq_core.jobs.digitizer:DigitizerJob",
     "metrics": "enrgdaq_core.jobs.metrics:MetricsJob",
     "test": "enrgdaq_core.jobs.test_job:TestJob",
+    "alerts": "enrgdaq_core.jobs.alerts:AlertsJob",
 }
 _ALIASES = {
     "DAQJobTest": "test",

@@ -14,7 +14,7 @@ import msgspec
 from enrgdaq_core.store_config import StoreConfig
 
 if TYPE_CHECKING:
-    pass
+    from enrgdaq_core.transport import BrokerAddress
 
 
 class RemoteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +47,7 @@ class Job:
     aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     Config: ClassVar[type[JobConfig]] = JobConfig
+    broker: BrokerAddress | None = None  # set by `daq job run`: for jobs that also subscribe
 
     def __init__(self, config: JobConfig, name: str) -> None:
         self.config = config

@@ -1,0 +1,283 @@
+"""`daq stats`: what every piece is doing (snapshot, --json, --watch, --serve, --record, plot)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from enrgdaq_cli._common import EXIT_USAGE, BrokerOpt, broker_address, errors, fail
+
+HELP = """Show every piece seen on the broker: node, piece, status, rates, latency, lost
+messages, restarts.
+
+A monitor consumer: it listens on the broker's dropping endpoint, so watching never slows the
+experiment, even over a slow link. A piece that stops reporting is shown stale after
+--stale seconds (never dropped); one whose loss count grows is shown lossy.
+
+Examples:
+
+  daq stats                       # one table
+
+  daq stats --json | jq '.pieces[] | {piece, rate, lost}'
+
+  daq stats --watch               # live table; q or Ctrl-C quits
+
+  daq stats --broker tcp://daq01:5550 --watch --sort rate
+
+  daq stats --serve :9464         # Prometheus /metrics
+
+  daq stats --record stats.csv    # a history for plots
+
+  daq stats plot stats.csv -o rates.png
+"""
+
+app = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=False)
+
+
+@app.callback(invoke_without_command=True)
+def stats(
+    ctx: typer.Context,
+    address: BrokerOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable snapshot.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Live table, updated in place (q quits).")
+    ] = False,
+    serve: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on [HOST]:PORT (`:9464` is every interface).",
+            show_default=False,
+        ),
+    ] = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(help="Append every report to this CSV history.", show_default=False),
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to listen for a snapshot.")] = 1.5,
+    stale: Annotated[
+        float, typer.Option(help="Seconds without a report before a piece is stale.")
+    ] = 5.0,
+    sort: Annotated[str, typer.Option(help="Order: name, rate, lost, latency or age.")] = "name",
+    refresh: Annotated[float, typer.Option(help="Seconds between redraws of --watch.")] = 0.5,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop --watch/--serve/--record after this many seconds."),
+    ] = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from enrgdaq_core.monitor import SORT_KEYS
+
+    if sort not in SORT_KEYS:
+        fail(f"--sort {sort!r}: expected one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
+    if json_out and watch:
+        fail("--json and --watch do not mix (use --json for scripts, --watch for people)", 2)
+    addr = broker_address(address)
+    with errors():
+        if not (watch or serve or record):
+            _snapshot(addr, json_out=json_out, wait=wait, stale=stale, sort=sort)
+            return
+        _run(
+            addr,
+            watch=watch,
+            serve=serve,
+            record=record,
+            stale=stale,
+            sort=sort,
+            refresh=refresh,
+            duration=duration,
+        )
+
+
+def _snapshot(addr: Any, *, json_out: bool, wait: float, stale: float, sort: str) -> None:
+    from enrgdaq_core.broker import query
+    from enrgdaq_core.monitor import collect
+
+    try:
+        query(addr, "status", timeout=2.0)
+    except TimeoutError:
+        fail(f"no broker answers at {addr.base} (start one with `daq broker`)")
+    monitor = collect(addr, wait, stale_after=stale)
+    if json_out:
+        import json
+
+        snap = monitor.snapshot(sort)
+        snap["broker"] = addr.base
+        typer.echo(json.dumps(snap, indent=2, default=str))
+        return
+    from enrgdaq_core.render import print_stats
+
+    print_stats(monitor, sort=sort, broker=addr.base)
+
+
+class _Keys:
+    """Single keys from the terminal (cbreak: no Enter needed; Ctrl-C still signals)."""
+
+    def __init__(self) -> None:
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno()
+        self._saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+
+    def read(self) -> bytes:
+        import os
+
+        try:
+            return os.read(self.fd, 64)
+        except OSError:
+            return b""
+
+    def restore(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+
+def _run(
+    addr: Any,
+    *,
+    watch: bool,
+    serve: str | None,
+    record: Path | None,
+    stale: float,
+    sort: str,
+    refresh: float,
+    duration: float | None,
+) -> None:
+    import zmq
+
+    from enrgdaq_core.envelope import Kind
+    from enrgdaq_core.monitor import Monitor, StatsFeed
+
+    monitor = Monitor(stale_after=stale)
+    feed = StatsFeed(addr, monitor)
+    exporter = None
+    recorder = None
+    keys: _Keys | None = None
+    live = None
+    stopping = False
+
+    def handler(_s: int, _f: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        if serve is not None:
+            from enrgdaq_core.prometheus import serve as start_exporter
+
+            try:
+                exporter = start_exporter(monitor, serve)
+            except ValueError as exc:
+                fail(str(exc), EXIT_USAGE)
+            except OSError as exc:
+                fail(f"cannot serve on {serve}: {exc}")
+            typer.echo(f"serving metrics on {exporter.url}", err=True)
+        if record is not None:
+            from enrgdaq_core.stats_history import StatsRecorder
+
+            try:
+                recorder = StatsRecorder(record)
+            except OSError as exc:
+                fail(f"cannot write {record}: {exc}")
+            rec = recorder
+
+            def on_report(env: Any, body: Any) -> None:
+                if env.header.kind is Kind.STATS:
+                    view = monitor.get(body.node, body.piece)
+                    status = view.status(monitor.clock(), stale) if view else "ok"
+                    rec.write(body, status=status, restarts=view.restarts if view else None)
+
+            monitor.listeners.append(on_report)
+            typer.echo(f"recording stats to {record}", err=True)
+        poller = zmq.Poller()
+        poller.register(feed.socket, zmq.POLLIN)
+        if watch:
+            from rich.console import Console
+            from rich.live import Live
+
+            from enrgdaq_core.render import stats_view
+
+            if sys.stdin.isatty():
+                keys = _Keys()
+                poller.register(keys.fd, zmq.POLLIN)
+            console = Console()
+
+            def view() -> Any:
+                width = max(80, console.width)
+                hint = "q quits" if keys is not None else "Ctrl-C quits"
+                return stats_view(monitor, sort=sort, broker=addr.base, width=width, hint=hint)
+
+            live = Live(view(), console=console, auto_refresh=False, transient=False)
+            live.start()
+        elif serve is None:
+            typer.echo("recording; Ctrl-C stops", err=True)
+        end = None if duration is None else time.monotonic() + duration
+        next_draw = time.monotonic() + refresh
+        while not stopping:
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            timeout = min(next_draw - now, 0.25) if live is not None else 0.25
+            try:
+                events = dict(poller.poll(max(0, int(timeout * 1000))))
+            except zmq.ZMQError:
+                continue  # interrupted by a signal: the loop condition decides
+            if feed.socket in events:
+                feed.poll(0)
+            if keys is not None and keys.fd in events:
+                pressed = keys.read()
+                if b"q" in pressed.lower() or b"\x1b" in pressed:
+                    break
+            if live is not None and time.monotonic() >= next_draw:
+                live.update(view(), refresh=True)
+                next_draw = time.monotonic() + refresh
+    finally:
+        if live is not None:
+            live.stop()
+        if keys is not None:
+            keys.restore()
+        if exporter is not None:
+            exporter.close()
+        if recorder is not None:
+            recorder.close()
+        feed.close()
+
+
+PLOT_HELP = """Draw throughput, latency and loss over time from a stats history (one written by
+`daq stats --record FILE`, or the supervisor's stats.csv) into a PNG for the run report.
+
+Example:
+
+  daq stats plot stats.csv -o rates.png --title "run 42"
+"""
+
+
+@app.command("plot", help=PLOT_HELP)
+def plot(
+    history: Annotated[Path, typer.Argument(help="Stats history CSV.", show_default=False)],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Image to write (.png, .svg, .pdf).")
+    ] = Path("stats.png"),
+    title: Annotated[str | None, typer.Option(help="Figure title.", show_default=False)] = None,
+    piece: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these pieces (shell patterns; repeat).", show_default=False),
+    ] = None,
+) -> None:
+    from enrgdaq_core.plot import plot_history
+    from enrgdaq_core.stats_history import HistoryError
+
+    try:
+        path = plot_history(history, output, title=title, pieces=piece)
+    except HistoryError as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {path}", err=True)
