@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from enrgdaq_cli import broker, job, replay, stats, store, tap
+from enrgdaq_cli import broker, ctl, job, replay, stats, store, tap, up
 
 app = typer.Typer(
     name="daq",
@@ -35,6 +35,8 @@ app.command("replay", help=replay.HELP, short_help="Play raw run files back; --i
 app.add_typer(
     stats.app, name="stats", short_help="Rates, latency, loss of every piece; --watch, --serve."
 )
+app.command("up", help=up.HELP, short_help="Run a whole system from a directory of configs.")(up.up)
+app.add_typer(ctl.app, name="ctl", short_help="Control a running daq up: status, restart, logs.")
 
 
 def run() -> None:

@@ -1,0 +1,251 @@
+"""`daq ctl`: talk to a running `daq up` over its control endpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from enrgdaq_cli._common import BrokerOpt, broker_address, fail
+
+app = typer.Typer(
+    help="""Control a running `daq up`: status, restart/stop/start a piece, next run, logs.
+
+The supervisor's control endpoint is found from the broker address (--broker, DAQ_BROKER or
+the default), or given with --control (DAQ_CONTROL).
+
+Examples:
+
+  daq ctl status
+
+  daq ctl restart sensor1
+
+  daq ctl run next
+
+  daq ctl logs store-csv -f
+""",
+    no_args_is_help=True,
+)
+
+ControlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--control",
+        envvar="DAQ_CONTROL",
+        help="Control endpoint of the supervisor [default: beside the broker's sockets].",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for an answer.")]
+JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Piece name (see daq ctl status).")]
+
+
+def _endpoint(control: str | None, address: str | None) -> str:
+    if control:
+        return control
+    from enrgdaq_core.supervisor.control import default_endpoint
+
+    return default_endpoint(broker_address(address))
+
+
+def _ask(endpoint: str, cmd: str, timeout: float, **args: Any) -> dict[str, Any]:
+    from enrgdaq_core.supervisor.control import ControlError, request
+
+    try:
+        return request(endpoint, cmd, timeout=timeout, **args)
+    except TimeoutError as exc:
+        fail(str(exc))
+    except ControlError as exc:
+        fail(str(exc))
+
+
+def _say(answer: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(answer, default=str))
+    else:
+        typer.echo(answer.get("message", "ok"))
+
+
+def _fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def status_table(status: dict[str, Any]) -> Any:
+    """The status of a `daq up` as a rich table (also the live view of `daq up`)."""
+    from rich import box
+    from rich.table import Table
+
+    from enrgdaq_core.render import compact
+
+    run = status.get("run") or {}
+    title = (
+        f"{status.get('node', '')}  run {run.get('run', '-')}  {status.get('phase', '')}  "
+        f"broker {status.get('broker', '')}"
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("piece", "left"),
+        ("state", "left"),
+        ("pid", "right"),
+        ("up", "right"),
+        ("rst", "right"),
+        ("in/s", "right"),
+        ("out/s", "right"),
+        ("rows out", "right"),
+        ("lost", "right"),
+        ("p99ms", "right"),
+        ("beat", "right"),
+        ("last exit", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    styles = {"running": "green", "backoff": "yellow", "failed": "bold red", "stopping": "yellow"}
+    for p in status.get("pieces", []):
+        r = p.get("report") or {}
+        state = p.get("state", "")
+        lost = int(r.get("lost", 0) or 0)
+        table.add_row(
+            p["name"],
+            f"[{styles.get(state, 'dim')}]{state}[/]",
+            str(p.get("pid") or "-"),
+            _fmt_age(p.get("uptime_s")) if p.get("alive") else "-",
+            str(p.get("restarts", 0)),
+            compact(r.get("rate_in")),
+            compact(r.get("rate_out")),
+            compact(r.get("rows_out")),
+            f"[bold red]{lost}[/]" if lost else "0",
+            compact(r.get("latency_p99_ms")),
+            _fmt_age(p.get("heartbeat_age_s")),
+            p.get("last_exit", ""),
+        )
+    return table
+
+
+@app.command("status")
+def status(
+    control: ControlOpt = None,
+    address: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Every piece: state, pid, uptime, restarts, rates, loss, heartbeat age.
+
+    Example: daq ctl status --json | jq '.pieces[] | {name, state, restarts}'
+    """
+    answer = _ask(_endpoint(control, address), "status", timeout)
+    if json_out:
+        typer.echo(json.dumps(answer, default=str))
+        return
+    from rich.console import Console
+
+    Console().print(status_table(answer))
+
+
+def _piece_command(
+    cmd: str, job: str, control: str | None, address: str | None, *, j: bool, t: float
+) -> None:
+    _say(_ask(_endpoint(control, address), cmd, t, job=job), j)
+
+
+@app.command("restart")
+def restart(
+    job: JobArg,
+    control: ControlOpt = None,
+    address: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Restart one piece now (SIGTERM, then start again; counted as a restart)."""
+    _piece_command("restart", job, control, address, j=json_out, t=timeout)
+
+
+@app.command("stop")
+def stop(
+    job: JobArg,
+    control: ControlOpt = None,
+    address: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Stop one piece and keep it stopped (until `daq ctl start`)."""
+    _piece_command("stop", job, control, address, j=json_out, t=timeout)
+
+
+@app.command("start")
+def start(
+    job: JobArg,
+    control: ControlOpt = None,
+    address: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Start a stopped piece."""
+    _piece_command("start", job, control, address, j=json_out, t=timeout)
+
+
+@app.command("run")
+def run(
+    action: Annotated[str, typer.Argument(help="next: close this run, start the next; show.")],
+    control: ControlOpt = None,
+    address: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Close the current run and start the next number (`next`), or show the runs (`show`).
+
+    Example: daq ctl run next
+    """
+    if action not in ("next", "show"):
+        fail(f"unknown run action {action!r} (expected next or show)", 2)
+    answer = _ask(_endpoint(control, address), "run", timeout, action=action)
+    if json_out or action == "next":
+        _say(answer, json_out)
+        return
+    current = answer.get("run") or {}
+    typer.echo(f"current run: {current.get('run', '-')} (started {current.get('start', '-')})")
+    for r in answer.get("runs", []):
+        typer.echo(f"  run {r.get('run')}: {r.get('start', '')} .. {r.get('stop') or 'running'}")
+
+
+@app.command("logs")
+def logs(
+    job: JobArg,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show first.")] = 50,
+    control: ControlOpt = None,
+    address: BrokerOpt = None,
+    json_out: JsonOpt = False,
+    timeout: TimeoutOpt = 5.0,
+) -> None:
+    """Show the end of one piece's log; -f follows it (Ctrl-C to stop).
+
+    Example: daq ctl logs sensor1 -f
+    """
+    endpoint = _endpoint(control, address)
+    answer = _ask(endpoint, "logs", timeout, job=job, lines=lines)
+    if json_out and not follow:
+        typer.echo(json.dumps(answer))
+        return
+    sys.stdout.write(answer.get("text", ""))
+    sys.stdout.flush()
+    offset = answer.get("offset", 0)
+    try:
+        while follow:
+            time.sleep(0.5)
+            answer = _ask(endpoint, "logs", timeout, job=job, offset=offset)
+            sys.stdout.write(answer.get("text", ""))
+            sys.stdout.flush()
+            offset = answer.get("offset", offset)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,364 @@
+"""A directory of TOML files -> a validated plan of the processes that make the system.
+
+Every `*.toml` in the directory is loaded through the one config loader before anything
+starts, and every problem of every file is collected, so a person fixes them all in one go:
+
+- `supervisor.toml` (optional): this supervisor's settings (`SupervisorConfig`).
+- a file whose `daq_job_type` is a seed store type (`DAQJobStoreCSV`, ...): the options of
+  that backend's store process (`daq store BACKEND --config FILE`).
+- any other file: one source job (`daq job run FILE`).
+
+The plan holds one broker, one store process per backend that some source sends to (it
+subscribes to exactly those sources), and one process per source.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from enrgdaq_core.config import ConfigError, ConfigIssue, convert, read_toml
+from enrgdaq_core.transport import AddressError, BrokerAddress
+
+SUPERVISOR_FILE = "supervisor.toml"
+RESERVED_NAMES = ("broker", "supervisor")
+STORE_PREFIX = "store-"
+STATE_DIR = ".state"  # in out_dir: what each store wrote last, kept across its restarts
+
+Role = Literal["broker", "store", "job"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class RestartSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """When and how fast dead or hung children are restarted."""
+
+    initial_delay: NonNegative = 0.5  # seconds before the first restart
+    max_delay: Positive = 30.0  # the backoff doubles up to this
+    reset_after: Positive = 60.0  # a child that ran this long healthy starts again at initial
+    heartbeat_timeout: NonNegative = 30.0  # no stats report for this long: hung, restart; 0 off
+    start_timeout: Positive = 60.0  # the first report may take this long after a start
+
+
+class StatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    file: str = "stats.csv"  # relative to out_dir; "" writes none
+    remote_file: str = "stats_remote.csv"
+    interval: Positive = 5.0  # seconds between rewrites
+
+
+class RunSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    first: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: one after the last recorded run
+    runs_file: str = "runs.json"  # relative to out_dir
+    snapshot: bool = True  # copy every config of the run to out_dir/runNNNNNN/configs
+
+
+class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`supervisor.toml`: every key optional; no file at all works."""
+
+    node: str = ""  # default: DAQ_NODE or the host name
+    broker: str = ""  # default: DAQ_BROKER or ipc in the per-user runtime dir
+    control: str = ""  # default: a local ipc socket beside the broker's (see control.py)
+    out_dir: str = "out"  # relative to the working directory of `daq up`
+    log_dir: str = "logs"  # relative to out_dir: one <piece>.log per child
+    log_max_mb: Positive = 50.0  # a log file this big is moved to <piece>.log.1
+    shutdown_timeout: Positive = 15.0  # per step of the ordered shutdown, then SIGKILL
+    store_start_timeout: Positive = 30.0  # sources wait this long for their stores to subscribe
+    restart: RestartSettings = msgspec.field(default_factory=RestartSettings)
+    stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
+    run: RunSettings = msgspec.field(default_factory=RunSettings)
+
+
+def daq_command() -> list[str]:
+    """How a child `daq` is started: this interpreter, so no PATH lookup is needed."""
+    return [sys.executable, "-m", "enrgdaq_cli.main"]
+
+
+@dataclass
+class ChildSpec:
+    """One process of the plan: the same command a person would type."""
+
+    name: str  # the piece name: stats.<name>, logs/<name>.log, `daq ctl restart <name>`
+    role: Role
+    argv: list[str]  # without the run number (jobs get `--run N` when started)
+    restart: RestartPolicy = "always"
+    config: Path | None = None
+    backend: str = ""  # stores: csv, root, ...
+    topics: tuple[str, ...] = ()  # stores: what they subscribe to; jobs: what they publish
+    stores: tuple[str, ...] = ()  # jobs: the store pieces that take their data
+    interval: float = 0.0  # jobs: seconds between steps (a report comes at most that often)
+
+
+@dataclass
+class Plan:
+    directory: Path
+    config: SupervisorConfig
+    config_file: Path | None
+    address: BrokerAddress
+    control: str
+    out_dir: Path
+    node: str
+    broker: ChildSpec
+    stores: list[ChildSpec]
+    sources: list[ChildSpec]
+    files: list[Path]  # every TOML of the directory (the run's config snapshot)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def children(self) -> list[ChildSpec]:
+        return [self.broker, *self.stores, *self.sources]
+
+    def child(self, name: str) -> ChildSpec | None:
+        return next((c for c in self.children if c.name == name), None)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out_dir / self.config.log_dir
+
+    def out_path(self, name: str) -> Path | None:
+        """A file setting resolved against out_dir; None when the setting is empty."""
+        return (self.out_dir / name) if name else None
+
+
+def store_piece(backend: str) -> str:
+    return f"{STORE_PREFIX}{backend}"
+
+
+def _store_type(data: dict[str, Any]) -> str | None:
+    from enrgdaq_core.stores import SEED_STORE_TYPES
+
+    value = data.get("daq_job_type")
+    if isinstance(value, str):
+        if value in SEED_STORE_TYPES:
+            return SEED_STORE_TYPES[value]
+        if value.startswith("DAQJobStore"):
+            return ""  # a store type we do not have: reported by the caller
+    return None
+
+
+def load_plan(
+    directory: str | Path,
+    *,
+    broker: str | None = None,
+    out_dir: str | None = None,
+    control: str | None = None,
+) -> Plan:
+    """Validate everything in `directory`; ConfigError carries every problem of every file."""
+    from enrgdaq_core.jobs import load_job
+    from enrgdaq_core.stores import SEED_STORE_TYPES
+    from enrgdaq_core.stores import names as backend_names
+
+    directory = Path(directory)
+    issues: list[ConfigIssue] = []
+    if not directory.exists():
+        raise ConfigError([ConfigIssue(str(directory), "", "no such directory")])
+    if not directory.is_dir():
+        raise ConfigError([ConfigIssue(str(directory), "", "is not a directory")])
+    files = sorted(p for p in directory.glob("*.toml") if p.is_file())
+
+    sup_file = directory / SUPERVISOR_FILE
+    sup = SupervisorConfig()
+    if sup_file.is_file():
+        try:
+            sup = convert(read_toml(sup_file), SupervisorConfig, sup_file)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+    else:
+        sup_file = None  # type: ignore[assignment]
+
+    address: BrokerAddress | None = None
+    try:
+        address = BrokerAddress.parse(broker or sup.broker or None)
+    except AddressError as exc:
+        where = "--broker" if broker else str(sup_file or directory)
+        issues.append(ConfigIssue(where, "" if broker else "broker", str(exc)))
+
+    jobs: list[tuple[Path, Any]] = []
+    store_files: dict[str, Path] = {}
+    for path in files:
+        if path.name == SUPERVISOR_FILE:
+            continue
+        try:
+            data = read_toml(path)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+            continue
+        backend = _store_type(data)
+        if backend == "":
+            known = ", ".join(SEED_STORE_TYPES)
+            issues.append(
+                ConfigIssue(
+                    str(path),
+                    "daq_job_type",
+                    f"unknown store type {data['daq_job_type']!r} (known: {known})",
+                )
+            )
+        elif backend is not None:
+            if backend in store_files:
+                issues.append(
+                    ConfigIssue(
+                        str(path),
+                        "daq_job_type",
+                        f"a second {backend} store config (the first is {store_files[backend]})",
+                    )
+                )
+                continue
+            store_files[backend] = path
+            issues.extend(_check_store(backend, path))
+        else:
+            try:
+                jobs.append((path, load_job(path)))
+            except ConfigError as exc:
+                issues.extend(exc.issues)
+
+    if not jobs and not issues:
+        issues.append(
+            ConfigIssue(str(directory), "", "no source job configs (*.toml) in this directory")
+        )
+
+    names: dict[str, Path] = {}
+    targets: dict[str, list[str]] = {}  # backend -> sources
+    first_user: dict[str, Path] = {}
+    known_backends = backend_names()
+    for path, job in jobs:
+        key = "name" if job.config.name else ""
+        if job.name in RESERVED_NAMES or job.name.startswith(STORE_PREFIX):
+            issues.append(
+                ConfigIssue(
+                    str(path),
+                    key,
+                    f"source name {job.name!r} is reserved (broker, supervisor, store-*)",
+                )
+            )
+        elif job.name in names:
+            issues.append(
+                ConfigIssue(
+                    str(path),
+                    key,
+                    f"source name {job.name!r} is already used by {names[job.name]}",
+                )
+            )
+        names[job.name] = path
+        for backend in job.config.store_config.backends():
+            if backend not in known_backends:
+                issues.append(
+                    ConfigIssue(
+                        str(path),
+                        f"store_config.{backend}",
+                        f"no store backend {backend!r} (known: {', '.join(known_backends)})",
+                    )
+                )
+                continue
+            targets.setdefault(backend, []).append(job.name)
+            first_user.setdefault(backend, path)
+
+    for backend in sorted(set(targets) - set(store_files)):
+        issues.extend(_check_store(backend, None, origin=first_user[backend]))
+
+    if issues:
+        raise ConfigError(issues)
+    assert address is not None
+
+    from enrgdaq_core.envelope import node_name
+    from enrgdaq_core.supervisor.control import default_endpoint
+
+    out = Path(out_dir or sup.out_dir).expanduser().resolve()
+    daq = daq_command()
+    warnings: list[str] = []
+    broker_spec = ChildSpec(
+        "broker", "broker", [*daq, "broker", "--broker", address.base, "--name", "broker"]
+    )
+    stores: list[ChildSpec] = []
+    for backend in sorted(set(targets) | set(store_files)):
+        sources = targets.get(backend, [])
+        cfg = store_files.get(backend)
+        if not sources:
+            warnings.append(f"{cfg}: no source sends to the {backend} store; not started")
+            continue
+        piece = store_piece(backend)
+        argv = [*daq, "store", backend, "--name", piece, "--broker", address.base]
+        for src in sources:
+            argv += ["--from", f"data.{src}"]
+        if cfg is not None:
+            argv += ["--config", str(cfg.resolve())]
+        if cfg is None or "out_dir" not in read_toml(cfg):
+            argv += ["--out-dir", str(out)]
+        argv += ["--state", str(out / STATE_DIR / f"{piece}.json")]
+        stores.append(
+            ChildSpec(
+                piece,
+                "store",
+                argv,
+                config=cfg,
+                backend=backend,
+                topics=tuple(f"data.{s}" for s in sources),
+            )
+        )
+    jobs_specs: list[ChildSpec] = []
+    for path, job in jobs:
+        argv = [
+            *daq,
+            "job",
+            "run",
+            str(path.resolve()),
+            "--name",
+            job.name,
+            "-o",
+            "broker",
+            "--broker",
+            address.base,
+        ]
+        jobs_specs.append(
+            ChildSpec(
+                job.name,
+                "job",
+                argv,
+                restart=job.config.restart,
+                config=path,
+                topics=(f"data.{job.name}",),
+                stores=tuple(store_piece(b) for b in job.config.store_config.backends()),
+                interval=job.interval,
+            )
+        )
+    return Plan(
+        directory=directory,
+        config=sup,
+        config_file=sup_file,
+        address=address,
+        control=control or sup.control or default_endpoint(address),
+        out_dir=out,
+        node=sup.node or node_name(),
+        broker=broker_spec,
+        stores=stores,
+        sources=jobs_specs,
+        files=files,
+        warnings=warnings,
+    )
+
+
+def _check_store(backend: str, path: Path | None, origin: Path | None = None) -> list[ConfigIssue]:
+    """Build the backend as its store process will, and check that its server is there."""
+    from enrgdaq_core.stores.options import build_backend
+
+    where = str(path or origin or "")
+    key = "" if path is not None else f"store_config.{backend}"
+    try:
+        be, _ = build_backend(backend, config_file=path)
+    except ConfigError as exc:
+        return list(exc.issues)
+    except Exception as exc:  # the backend module cannot load (a library missing)
+        return [ConfigIssue(where, key, f"the {backend} store cannot load: {exc}")]
+    try:
+        be.check()
+    except Exception as exc:  # StoreUnavailable: the message names host, port, how to start
+        return [ConfigIssue(where, key, str(exc))]
+    finally:
+        try:
+            be.close()
+        except Exception:
+            pass
+    return []

@@ -1,0 +1,595 @@
+"""The main loop of `daq up`: start in order, keep running, stop in order.
+
+Start: the broker; then the stores; a source starts only once every store that takes its data
+has subscribed to its topic at the broker (so the ZMQ slow-joiner effect loses nothing); the
+run begins with the first source.
+
+Running: one thread polls the stats stream (the broker's monitor endpoint) and the control
+socket, reaps children and restarts them per their policy with backoff, and kills and
+restarts a child whose heartbeats (its stats reports) stopped: hung, not dead. While the
+broker itself is down or hung, nobody's heartbeats can arrive, so only the broker is judged.
+
+Stop (SIGINT/SIGTERM): sources first (SIGTERM: each sends end-of-stream and exits), then the
+stores once they have seen every source's end-of-stream (they flush and close), then the
+broker. A second signal stops everything at once; a third kills.
+
+Children are spawned from this (main) thread only: PR_SET_PDEATHSIG, which the children use
+to notice a kill -9 of the supervisor, fires when the spawning *thread* ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+
+from enrgdaq_core.broker import query
+from enrgdaq_core.config import ConfigError
+from enrgdaq_core.monitor import Monitor, StatsFeed
+from enrgdaq_core.supervisor.control import COMMANDS, ControlServer
+from enrgdaq_core.supervisor.plan import Plan
+from enrgdaq_core.supervisor.process import Child, LineSink
+from enrgdaq_core.supervisor.runs import RunBook, RunRecord
+from enrgdaq_core.supervisor.statsfiles import (
+    REMOTE_COLUMNS,
+    STATS_COLUMNS,
+    remote_rows,
+    stats_row,
+    write_csv,
+)
+
+log = logging.getLogger("enrgdaq.supervisor")
+
+POLL_SECONDS = 0.25  # the loop's tick: reaping, restarts and timers are this fine
+BROKER_READY_TIMEOUT = 30.0
+LOG_TAIL_BYTES = 64 * 1024
+
+# Restarts we cause on purpose skip the backoff: they are not failures.
+_IMMEDIATE = {"requested"}
+
+
+class Supervisor:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        console: LineSink | None = None,
+        on_tick: Callable[[Supervisor], None] | None = None,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self.plan = plan
+        cfg = plan.config
+        self.children: dict[str, Child] = {
+            spec.name: Child(
+                spec,
+                log_dir=plan.log_dir,
+                restart=cfg.restart,
+                console=console,
+                log_max_bytes=int(cfg.log_max_mb * 1e6),
+            )
+            for spec in plan.children
+        }
+        self.broker = self.children[plan.broker.name]
+        self.stores = [self.children[s.name] for s in plan.stores]
+        self.sources = [self.children[s.name] for s in plan.sources]
+        self.monitor = Monitor(stale_after=max(cfg.restart.heartbeat_timeout, 5.0))
+        self.runbook = RunBook(plan.out_dir, cfg.run.runs_file, cfg.run.snapshot)
+        self.on_tick = on_tick
+        self.tick_interval = tick_interval
+        self.env = dict(os.environ)
+        self.env["DAQ_NODE"] = plan.node
+        self.env.pop("DAQ_BROKER", None)  # every child gets --broker explicitly
+        self.phase = "starting"
+        self.started_at = time.monotonic()
+        self.run_number = 0
+        self.record: RunRecord | None = None
+        self.signals = 0
+        self.forced = False
+        self.broker_ready_at = 0.0  # monotonic time the current broker answered; 0: not yet
+        self.gate_since = 0.0
+        self._feed: StatsFeed | None = None
+        self._control: ControlServer | None = None
+        self._poller = zmq.Poller()
+        self._next_stats = 0.0
+        self._next_tick = 0.0
+        self._deferred: Callable[[], dict[str, Any] | None] | None = None
+        self._snapshot_dir: Path | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """From a signal handler: the first asks for the ordered stop, later ones force it."""
+        self.signals += 1
+
+    def run(self) -> int:
+        """Start everything, supervise until asked to stop, stop in order; the exit code."""
+        try:
+            self._control = ControlServer(self.plan.control)
+            self._poller.register(self._control.socket, zmq.POLLIN)
+            self.run_number = self.runbook.next_number(self.plan.config.run.first)
+            self._startup()
+            while not self.signals:
+                self._step()
+            return self._shutdown()
+        finally:
+            self._close()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def _startup(self) -> None:
+        self.plan.out_dir.mkdir(parents=True, exist_ok=True)
+        for w in self.plan.warnings:
+            log.warning("%s", w)
+        log.info(
+            "daq up %s: node %s, broker %s, control %s, out %s, run %d",
+            self.plan.directory,
+            self.plan.node,
+            self.plan.address.base,
+            self.plan.control,
+            self.plan.out_dir,
+            self.run_number,
+        )
+        self._snapshot()
+        self._start(self.broker)
+        deadline = time.monotonic() + BROKER_READY_TIMEOUT
+        while not self.signals and not self.broker_ready_at:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"the broker did not come up at {self.plan.address.base} "
+                    f"(see {self.broker.log.path})"
+                )
+            self._step(0.05)
+        if self.signals:
+            return
+        self._feed = StatsFeed(self.plan.address, self.monitor, topics=("stats.",))
+        self._poller.register(self._feed.socket, zmq.POLLIN)
+        for child in self.stores:
+            self._start(child)
+        self.gate_since = time.monotonic()
+        self.phase = "running"
+
+    def _snapshot(self) -> None:
+        if self.plan.config.run.snapshot:
+            self._snapshot_dir = self.runbook.snapshot_configs(self.run_number, self.plan.files)
+
+    def _begin_run(self) -> None:
+        self.record = self.runbook.begin(
+            self.run_number, node=self.plan.node, config_dir=self.plan.directory.resolve()
+        )
+        log.info("run %d started", self.run_number)
+
+    def _start(self, child: Child) -> None:
+        argv = list(child.spec.argv)
+        env = self.env
+        if child.spec.role == "job":
+            argv += ["--run", str(self.run_number)]
+            env = {**env, "DAQ_RUN": str(self.run_number)}
+            if self.record is None:
+                self._begin_run()
+        elif child.spec.backend == "raw" and self._snapshot_dir is not None:
+            argv += ["-O", f"snapshot={self._snapshot_dir}"]
+        child.spawn(argv, env)
+        if child is self.broker:
+            self.broker_ready_at = 0.0
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _step(self, timeout: float = POLL_SECONDS) -> None:
+        try:
+            ready = dict(self._poller.poll(int(timeout * 1000)))
+        except zmq.ZMQError:
+            ready = {}
+        if self._feed is not None and self._feed.socket in ready:
+            self._feed.poll(0)
+        if self._control is not None and self._control.socket in ready and not self._deferred:
+            self._serve_control()
+        if self._deferred is not None:
+            answer = self._deferred()
+            if answer is not None:
+                self._deferred = None
+                assert self._control is not None
+                self._control.reply(answer)
+        now = time.monotonic()
+        self._supervise(now)
+        if self.phase == "running":
+            self._gate_sources(now)
+        if now >= self._next_stats:
+            self._next_stats = now + self.plan.config.stats.interval
+            self.write_stats_files()
+        if self.on_tick is not None and now >= self._next_tick:
+            self._next_tick = now + self.tick_interval
+            self.on_tick(self)
+
+    def _supervise(self, now: float) -> None:
+        stopping = self.phase in ("stopping", "stopped")
+        for child in self.children.values():
+            code = child.reap()
+            if code is not None:
+                self._exited(child, code, stopping)
+            elif child.alive and not stopping:
+                self._check_heartbeat(child, now)
+            if child.state == "backoff" and not stopping and now >= child.restart_at:
+                self._start(child)
+        if self.broker.alive and not self.broker_ready_at:
+            try:
+                query(self.plan.address, "status", timeout=0.2)
+                self.broker_ready_at = time.monotonic()
+                log.info("broker ready at %s", self.plan.address.base)
+            except TimeoutError:
+                pass
+
+    def _exited(self, child: Child, code: int, stopping: bool) -> None:
+        how = child.last_exit
+        if stopping or not child.wanted:
+            child.state = "stopped" if (code == 0 or child.kill_reason) else "exited"
+            log.info("%s: %s", child.name, how)
+            return
+        if child.wants_restart(code):
+            reason = child.kill_reason or ("exited" if code == 0 else "crashed")
+            if reason in _IMMEDIATE:
+                child.restart_at = time.monotonic()
+                child.pending_reason = reason
+                child.state = "backoff"
+                delay = 0.0
+            else:
+                delay = child.schedule_restart(reason)
+            log.warning("%s: %s; restarting in %.1fs (%s)", child.name, how, delay, reason)
+        else:
+            child.state = "exited" if code == 0 else "failed"
+            child.wanted = False
+            log.warning("%s: %s; not restarted (restart = %r)", child.name, how, child.spec.restart)
+
+    def _check_heartbeat(self, child: Child, now: float) -> None:
+        settings = self.plan.config.restart
+        if not settings.heartbeat_timeout or child.state != "running":
+            return
+        # Without a broker no report can arrive: judge the others only while it works.
+        if child is not self.broker and (not self.broker_ready_at or self._broker_stale(now)):
+            return
+        view = self.monitor.get(self.plan.node, child.name)
+        timeout = settings.heartbeat_timeout + child.spec.interval
+        if view is not None and view.report.pid == child.pid:
+            since = view.last_seen
+        else:
+            since = child.started_at
+            timeout = max(timeout, settings.start_timeout)
+        if child is not self.broker:
+            since = max(since, self.broker_ready_at)
+        silent = now - since
+        if silent > timeout:
+            log.warning(
+                "%s: no heartbeat for %.1fs (pid %s): hung; killing it",
+                child.name,
+                silent,
+                child.pid,
+            )
+            child.kill("hung")
+
+    def _broker_stale(self, now: float) -> bool:
+        view = self.monitor.get(self.plan.node, self.broker.name)
+        since = self.broker_ready_at
+        if view is not None and view.report.pid == self.broker.pid:
+            since = max(since, view.last_seen)
+        return now - since > 3.0
+
+    def _gate_sources(self, now: float) -> None:
+        """Start each waiting source once every store that takes its data has subscribed."""
+        waiting = [c for c in self.sources if c.state == "new"]
+        if not waiting or not self.broker_ready_at:
+            return
+        try:
+            subs = query(self.plan.address, "subscriptions", timeout=1.0)
+        except TimeoutError:
+            return
+        counts: dict[str, int] = subs.get("subscribers") or {
+            s: 1 for s in subs.get("subscriptions", [])
+        }
+        late = now - self.gate_since > self.plan.config.store_start_timeout
+        for child in waiting:
+            need = len(child.spec.stores)
+            have = min(
+                (counts.get(f"{t}$", 0) for t in child.spec.topics), default=need
+            )  # `$`: an exact (terminated) subscription, as the broker lists it
+            if have >= need:
+                self._start(child)
+            elif late:
+                log.warning(
+                    "%s: starting although only %d of its %d store(s) subscribed to %s after "
+                    "%.0fs: its data to the missing ones is lost until they do",
+                    child.name,
+                    have,
+                    need,
+                    ", ".join(child.spec.topics),
+                    self.plan.config.store_start_timeout,
+                )
+                self._start(child)
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        self.phase = "stopping"
+        log.info("stopping: sources, then stores, then the broker")
+        for child in self.children.values():
+            child.wanted = False
+            if child.state == "backoff":
+                child.state = "stopped"
+        timeout = self.plan.config.shutdown_timeout
+        self._stop_group(self.sources, timeout)
+        sources_done = time.time_ns()
+        self._drain_stores(sources_done, timeout)
+        self._stop_group(self.stores, timeout)
+        self._stop_group([self.broker], timeout)
+        if self.record is not None:
+            self.runbook.end(self.record)
+            log.info("run %d stopped", self.record.run)
+        self.phase = "stopped"
+        self.write_stats_files()
+        if self.on_tick is not None:
+            self.on_tick(self)
+        if self.forced:
+            log.warning("stopped by force: buffered data may be lost")
+            return 1
+        log.info("all stopped")
+        return 0
+
+    def _stop_group(self, group: list[Child], timeout: float) -> None:
+        for child in group:
+            child.terminate("stop")
+        deadline = time.monotonic() + timeout
+        while any(c.alive for c in group):
+            if self.signals >= 2 and not self.forced:
+                self._force()
+            if time.monotonic() > deadline:
+                for c in group:
+                    if c.alive:
+                        log.warning("%s: did not stop in %.0fs; killing it", c.name, timeout)
+                        c.kill("stop")
+                deadline = time.monotonic() + 5.0
+            self._step(0.05)
+        self._step(0)
+
+    def _force(self) -> None:
+        """Second signal: stop every remaining child at once; a third kills them."""
+        self.forced = True
+        log.warning("forced stop: signalling every child at once (again to kill)")
+        for child in self.children.values():
+            child.terminate("stop")
+
+    def _drain_stores(self, since_ns: int, timeout: float) -> None:
+        """Wait until each store reports that every source it saw has ended (EOS received)."""
+        pending = {c.name for c in self.stores if c.alive}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline and not self.forced:
+            for name in list(pending):
+                child = self.children[name]
+                view = self.monitor.get(self.plan.node, name)
+                if not child.alive or (
+                    view is not None
+                    and view.report.pid == child.pid
+                    and view.report.time_ns > since_ns
+                    and not view.report.extra.get("open_sources", [])
+                ):
+                    pending.discard(name)
+            if self.signals >= 2:
+                self._force()
+                break
+            self._step(0.05)
+        for name in pending:
+            log.warning(
+                "%s: end-of-stream not confirmed for every source; stopping it anyway", name
+            )
+
+    def _close(self) -> None:
+        for child in self.children.values():
+            if child.alive:
+                child.kill("stop")
+                if child.proc is not None:
+                    child.proc.wait(5)
+            child.reap()
+            child.close()
+        if self._feed is not None:
+            self._feed.close()
+        if self._control is not None:
+            self._control.close()
+
+    # -- status and stats files ------------------------------------------------------------
+
+    def piece_status(self, child: Child, now: float | None = None) -> dict[str, Any]:
+        now = time.monotonic() if now is None else now
+        view = self.monitor.get(self.plan.node, child.name)
+        report = msgspec.to_builtins(view.report) if view is not None else None
+        return {
+            "name": child.name,
+            "role": child.spec.role,
+            "state": child.state,
+            "alive": child.alive,
+            "pid": child.pid,
+            "uptime_s": round(child.uptime(now), 3),
+            "restarts": child.restarts,
+            "restart_reasons": dict(child.reasons),
+            "last_restart_ns": child.last_restart_ns,
+            "last_exit": child.last_exit,
+            "restart_policy": child.spec.restart,
+            "heartbeat_age_s": round(now - view.last_seen, 3) if view is not None else None,
+            "log": str(child.log.path),
+            "report": report,
+        }
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "node": self.plan.node,
+            "directory": str(self.plan.directory),
+            "broker": self.plan.address.base,
+            "control": self.plan.control,
+            "out_dir": str(self.plan.out_dir),
+            "phase": self.phase,
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 3),
+            "run": self.record.to_dict() if self.record is not None else {"run": self.run_number},
+            "pieces": [self.piece_status(c, now) for c in self.children.values()],
+        }
+
+    def write_stats_files(self) -> None:
+        stats = self.plan.config.stats
+        try:
+            pieces = [self.piece_status(c) for c in self.children.values()]
+            path = self.plan.out_path(stats.file)
+            if path is not None:
+                write_csv(path, STATS_COLUMNS, [stats_row(self.plan.node, p) for p in pieces])
+            remote = self.plan.out_path(stats.remote_file)
+            if remote is not None:
+                ours = {c.name for c in self.children.values()}
+                seen: list[tuple[str, dict[str, Any], bool]] = []
+                for p in pieces:
+                    if p["report"] is not None:
+                        seen.append((self.plan.node, p["report"], p["alive"]))
+                now = time.monotonic()
+                for view in self.monitor.pieces(now=now):
+                    if view.node == self.plan.node and view.piece in ours:
+                        continue
+                    fresh = view.status(now) not in ("stale", "stopped")
+                    seen.append((view.node, msgspec.to_builtins(view.report), fresh))
+                if not seen:
+                    seen.append((self.plan.node, {}, self.phase != "stopped"))
+                write_csv(remote, REMOTE_COLUMNS, remote_rows(seen))
+        except OSError as exc:
+            log.warning("cannot write the stats files: %s", exc)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _serve_control(self) -> None:
+        assert self._control is not None
+        while self._deferred is None:
+            req = self._control.recv()
+            if req is None:
+                return
+            try:
+                answer = self.handle_request(req)
+            except (ConfigError, OSError, ValueError, KeyError) as exc:
+                answer = {"error": str(exc)}
+            if answer is not None:
+                self._control.reply(answer)
+
+    def handle_request(self, req: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer one control request; None when the answer comes later (`run next`)."""
+        cmd = req.get("cmd")
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            return self.status()
+        if cmd == "run":
+            return self._run_command(str(req.get("action") or "show"))
+        if cmd not in COMMANDS:
+            return {"error": f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})"}
+        name = str(req.get("job") or "")
+        child = self.children.get(name)
+        if child is None:
+            known = ", ".join(self.children)
+            return {"error": f"no piece named {name!r} (known: {known})"}
+        if cmd == "logs":
+            return self._logs(child, req.get("offset"), int(req.get("lines") or 50))
+        if self.phase != "running":
+            return {"error": f"the supervisor is {self.phase}; try again when it runs"}
+        if cmd == "restart":
+            if child.alive:
+                child.terminate("requested")
+                return {"ok": True, "message": f"restarting {name} (pid {child.pid})"}
+            child.pending_reason = "requested" if child.starts else ""
+            self._start(child)
+            return {"ok": True, "message": f"started {name} (pid {child.pid})"}
+        if cmd == "stop":
+            if not child.alive:
+                child.wanted = False
+                child.state = "stopped"
+                return {"ok": True, "message": f"{name} is not running"}
+            child.wanted = False
+            child.terminate("stopped")
+            return {"ok": True, "message": f"stopping {name} (pid {child.pid})"}
+        if cmd == "start":
+            if child.alive:
+                return {"error": f"{name} is already running (pid {child.pid})"}
+            child.pending_reason = ""
+            self._start(child)
+            return {"ok": True, "message": f"started {name} (pid {child.pid})"}
+        return {"error": f"unknown command {cmd!r}"}
+
+    def _run_command(self, action: str) -> dict[str, Any] | None:
+        if action == "show":
+            return {"ok": True, "run": self.status()["run"], "runs": self.runbook.records()}
+        if action != "next":
+            return {"error": f"unknown run action {action!r} (expected next or show)"}
+        if self.phase != "running":
+            return {"error": f"the supervisor is {self.phase}; try again when it runs"}
+        old = self.record
+        running = [c for c in self.sources if c.wanted]
+        for child in running:
+            child.wanted = False
+            child.terminate("run")
+        deadline = time.monotonic() + self.plan.config.shutdown_timeout
+        log.info("run %d: stopping sources for the next run", self.run_number)
+
+        def finish() -> dict[str, Any] | None:
+            if any(c.alive for c in running):
+                if time.monotonic() < deadline:
+                    return None
+                for c in running:
+                    c.kill("run")
+                return None
+            if old is not None:
+                self.runbook.end(old)
+                log.info("run %d stopped", old.run)
+            self.run_number = self.runbook.next_number()
+            self.record = None
+            self._snapshot()
+            for c in running:
+                c.pending_reason = ""
+                self._start(c)
+            if self.record is None:  # no source to start: record the run anyway
+                self._begin_run()
+            return {
+                "ok": True,
+                "message": f"run {old.run if old else 0} closed, run {self.run_number} started",
+                "run": self.record.to_dict(),
+            }
+
+        self._deferred = finish
+        return None
+
+    def _logs(self, child: Child, offset: Any, lines: int) -> dict[str, Any]:
+        path = child.log.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return {"ok": True, "path": str(path), "offset": 0, "text": ""}
+        with open(path, "rb") as f:
+            if offset is None:
+                start = max(0, size - LOG_TAIL_BYTES)
+                f.seek(start)
+                data = f.read()
+                text = data.decode(errors="replace").splitlines()[-lines:] if lines else []
+                return {
+                    "ok": True,
+                    "path": str(path),
+                    "offset": size,
+                    "text": "\n".join(text) + ("\n" if text else ""),
+                }
+            offset = int(offset)
+            if offset > size:  # rotated: start over in the new file
+                offset = 0
+            f.seek(offset)
+            data = f.read(LOG_TAIL_BYTES)
+            cut = data.rfind(b"\n") + 1  # hand out whole lines only
+            data = data[:cut]
+            return {
+                "ok": True,
+                "path": str(path),
+                "offset": offset + len(data),
+                "text": data.decode(errors="replace"),
+            }
