@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
+import types
 import zlib
+from pathlib import Path
 
 import msgspec
 import pyarrow as pa
@@ -13,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arrow_strategies import raw_envelopes, table_envelopes
-from enrgdaq_core.envelope import Envelope, Kind, Source
+from enrgdaq_core.envelope import Envelope, Header, Kind, Source
 from enrgdaq_core.stream import (
     MAGIC,
     RECORD_MARKER,
@@ -189,6 +192,15 @@ def test_record_whose_inner_lengths_overrun_its_body() -> None:
     )
 
 
+def test_writer_refuses_what_no_reader_would_accept() -> None:
+    from enrgdaq_core.envelope import EnvelopeError
+
+    writer = StreamWriter(io.BytesIO())
+    with pytest.raises(EnvelopeError, match="a record holds a topic of at most 65535 bytes"):
+        writer.write(Envelope("t" * 70000, Source("s").raw(b"").header, b""))
+    assert writer.records == 0
+
+
 def test_not_a_stream() -> None:
     with pytest.raises(StreamError, match=r"^empty stream: no file header$"):
         StreamReader(io.BytesIO(b""))
@@ -265,3 +277,65 @@ def test_stream_without_file_header() -> None:
     writer.write(src.raw(b"y"))
     recs = list(StreamReader(io.BytesIO(buf.getvalue()), expect_header=False))
     assert [bytes(r.envelope.payload) for r in recs] == [b"x", b"y"] and recs[0].offset == 0
+
+
+# -- docs/wire-format.md is a specification: its example and its reader must be right ----------
+
+WIRE_FORMAT = Path(__file__).parent.parent / "docs" / "wire-format.md"
+
+
+def _doc_block(language: str) -> str:
+    text = WIRE_FORMAT.read_text()
+    start = text.index(f"```{language}\n") + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+def test_wire_format_example_dump_decodes() -> None:
+    data = bytes(int(x, 16) for line in _doc_block("hex").splitlines() for x in line.split()[1:17])
+    reader = StreamReader(io.BytesIO(data))
+    assert reader.meta.meta == {"created_ns": 1700000000000000000, "writer": "example"}
+    (rec,) = list(reader)
+    assert rec.offset == 56 and rec.index == 0
+    env = rec.envelope
+    assert env.topic == "data.s1" and bytes(env.payload) == b"hi"
+    assert env.header == Header(kind=Kind.RAW, source="s1", seq=7, time_ns=1700000000000000000)
+    assert data == file_header_bytes_of(env, {"created_ns": 1700000000000000000})
+
+
+def file_header_bytes_of(env: Envelope, meta: dict) -> bytes:
+    """The example rebuilt by the writer, with the doc's fixed creation time."""
+    body = msgspec.msgpack.encode({**meta, "writer": "example"})
+    head = struct.pack("<8sHHII", MAGIC, VERSION, 0, len(body), zlib.crc32(body)) + body
+    buf = io.BytesIO()
+    StreamWriter(buf, header=False).write(env)
+    return head + buf.getvalue()
+
+
+@pytest.fixture
+def doc_reader(monkeypatch: pytest.MonkeyPatch):
+    """The reader printed in docs/wire-format.md, run with msgspec standing in for msgpack."""
+    shim = types.ModuleType("msgpack")
+    shim.unpackb = msgspec.msgpack.decode  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "msgpack", shim)
+    namespace: dict = {}
+    exec(compile(_doc_block("python"), str(WIRE_FORMAT), "exec"), namespace)
+    return namespace["read"]
+
+
+def test_the_reader_in_the_spec_agrees_with_ours(doc_reader) -> None:
+    a, _, envs_a = small_stream()
+    b, _ = write_stream([Source("other").raw(b"b0")], {"run": 43})
+    data = a + b
+    theirs = list(doc_reader(io.BytesIO(data)))
+    ours = list(StreamReader(io.BytesIO(data)))
+    assert [(o, i, t, p) for o, i, t, _, p in theirs] == [
+        (r.offset, r.index, r.envelope.topic, bytes(r.envelope.payload)) for r in ours
+    ]
+    assert [msgspec.convert(h, Header) for *_, h, _ in theirs] == [r.envelope.header for r in ours]
+    for cut in range(len(a) - 40, len(a)):  # torn tail: same place, same record
+        got = []
+        with pytest.raises(ValueError) as exc:
+            for item in doc_reader(io.BytesIO(a[:cut])):
+                got.append(item)
+        _, err = read_until_damage(a[:cut])
+        assert len(got) == 3 and str(exc.value).endswith(f"at byte {err.offset} (record 3)")

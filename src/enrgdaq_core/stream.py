@@ -69,6 +69,12 @@ def record_bytes(env: Envelope) -> list[bytes | memoryview]:
     """The record for one envelope, as a list of buffers (payload not copied)."""
     topic = env.topic.encode()
     header = encode_header(env.header)
+    if len(topic) > 0xFFFF or len(topic) + len(header) + len(env.payload) > MAX_BODY - 6:
+        # refused here, or every reader would stop at this record as damaged
+        raise EnvelopeError(
+            f"{env.topic[:40]!r}: a record holds a topic of at most 65535 bytes and at most "
+            f"{MAX_BODY} bytes in all"
+        )
     head = _BODY_HEAD.pack(len(topic), len(header)) + topic + header
     crc = zlib.crc32(env.payload, zlib.crc32(head))
     return [_RECORD_HEAD.pack(RECORD_MARKER, len(head) + len(env.payload), crc), head, env.payload]
