@@ -18,12 +18,12 @@ from __future__ import annotations
 import base64
 import gzip
 import io
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enrgdaq_core.store_config import CSVStoreConfig
+from enrgdaq_core.stores._columns import json_strings
 from enrgdaq_core.stores.base import Backend, Destination, Writer
 from enrgdaq_core.stores.paths import latest_part, next_part, split_name
 
@@ -79,16 +79,7 @@ def _json_lists(arr: pa.Array) -> pa.Array:
 def _json_python(arr: pa.Array) -> pa.Array:
     import pyarrow as pa
 
-    def default(value: Any) -> Any:
-        if isinstance(value, bytes):
-            return base64.b64encode(value).decode()
-        return str(value)
-
-    out = [
-        None if v is None else json.dumps(v, default=default, allow_nan=True)
-        for v in arr.to_pylist()
-    ]
-    return pa.array(out, pa.string())
+    return pa.array(json_strings(arr), pa.string())
 
 
 def _text_column(arr: pa.Array) -> pa.Array:

@@ -394,9 +394,10 @@ class StoreRunner:
             self._written_paths.update(p for p in (candidate, where) if p)
             self.files_opened += 1
             if where:
-                if where in self.files:
-                    self.files.remove(where)
-                self.files.append(where)
+                shown = str(slot.dest.path.absolute()) if slot.dest.path else where
+                if shown in self.files:
+                    self.files.remove(shown)
+                self.files.append(shown)  # absolute: stats are read from anywhere
                 self._sizes.setdefault(where, slot.writer.size())
         return slot.writer
 
