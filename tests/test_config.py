@@ -216,3 +216,22 @@ def test_load_and_read_toml(tmp_path: Path) -> None:
     assert (cfg.channels, cfg.noise, cfg.interval_seconds) == (2, 1.0, 1.0)
     assert isinstance(cfg.noise, float)
     assert read_toml(f) == {"daq_job_type": "sensor", "channels": 2, "noise": 1}
+
+
+def test_configuration_doc_lists_every_key() -> None:
+    """docs/configuration.md documents every key of the spine's job types and every
+    [store_config.<backend>] key (add a row there when you add a key)."""
+    import re
+
+    from enrgdaq_core.jobs import resolve
+    from enrgdaq_core.jobs.describe import describe
+    from enrgdaq_core.store_config import BACKEND_CONFIGS
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`([a-z0-9_]+)`", doc))
+    for type_name in ("sensor", "digitizer", "metrics", "test"):
+        missing = set(describe(resolve(type_name))["keys"]) - documented
+        assert not missing, f"{type_name} keys not in docs/configuration.md: {missing}"
+    for backend, struct in BACKEND_CONFIGS.items():
+        missing = ({backend} | set(struct.__struct_fields__)) - documented
+        assert not missing, f"store_config.{backend} keys not in docs/configuration.md: {missing}"
