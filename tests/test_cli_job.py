@@ -214,6 +214,14 @@ def test_job_run_to_a_file_and_name_and_run_flags(procs: Procs, tmp_path: Path) 
     assert reader.meta.run == 42 and reader.meta.meta["source"] == "probe"
     assert [e.header.seq for e in envs] == [0, 1, 2, 3, 4]
     assert {(e.topic, e.header.source, e.header.run) for e in envs} == {("data.probe", "probe", 42)}
+    # a second run never truncates the first one's file
+    before = out.read_bytes()
+    p = procs.run("job", "run", str(cfg), "--count", "4", "-o", str(out))
+    assert p.returncode == 2
+    assert p.stderr.decode().splitlines()[-1] == (
+        f"daq: error: {out} exists: choose a new file (run files are never overwritten)"
+    )
+    assert out.read_bytes() == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -205,3 +205,76 @@ def test_examples_run_as_they_are(procs: Procs, tmp_path: Path) -> None:
         assert envs[0].header.source == job.name
         assert envs[0].header.store == job.config.store_config.for_header(), name
         assert envs[0].header.store, f"{name} has no [store_config.*]"
+
+
+def test_job_heartbeat_on_the_broker(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> None:
+    """A running job reports every second on stats.<name>, and once more when it stops."""
+    from enrgdaq_core.envelope import decode_body
+    from enrgdaq_core.stats import StatsReport
+
+    stats = BrokerInput(broker, ["stats.sensor1"], mode="monitor")
+    cfg = write(tmp_path / "sensor.toml", SENSOR)
+    job = procs.start("job", "run", str(cfg), "-o", "broker", "--broker", broker.base)
+    try:
+        env = stats.recv(30)
+        assert env is not None and env.kind is Kind.STATS
+        report = decode_body(env.payload, StatsReport)
+        assert (report.piece, report.role) == ("sensor1", "job")
+        assert report.msgs_out > 0 and report.bytes_out > 0 and report.rate_out > 0
+        assert procs.stop(job) == 0
+        while True:  # the final report follows the stop
+            env = stats.recv(30)
+            assert env is not None
+            final = decode_body(env.payload, StatsReport)
+            if final.extra.get("final"):
+                break
+        assert final.msgs_out >= report.msgs_out
+    finally:
+        stats.close()
+
+
+def test_job_stops_when_its_supervisor_dies(tmp_path: Path, daq_env: dict[str, str]) -> None:
+    """A child of `daq up` (DAQ_PARENT_PID) that loses its parent to kill -9 ends its run
+    properly (end-of-stream, exit) instead of running on as an orphan."""
+    import os
+    import signal
+
+    from conftest import DAQ, wait_for
+
+    cfg = write(tmp_path / "sensor.toml", SENSOR)
+    out = tmp_path / "out.raw"
+    launcher = (
+        "import os, subprocess, sys, time\n"
+        f"env = dict(os.environ, DAQ_PARENT_PID=str(os.getpid()))\n"
+        f"p = subprocess.Popen({[*DAQ, 'job', 'run', str(cfg), '-o', str(out)]!r}, env=env)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", launcher], env=daq_env, stdout=subprocess.PIPE, text=True
+    )
+    child = int(parent.stdout.readline())
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 200, 30, what="job output")
+        parent.kill()
+        parent.wait(10)
+
+        def gone() -> bool:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(gone, 30, what="the orphaned job to exit")
+        with out.open("rb") as f:
+            envs = [r.envelope for r in StreamReader(f)]
+        assert envs[-1].kind is Kind.EOS
+        assert [e.header.seq for e in envs] == list(range(len(envs)))
+    finally:
+        for pid in (child, parent.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        parent.stdout.close()

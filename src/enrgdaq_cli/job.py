@@ -43,7 +43,8 @@ def run(
     name: Annotated[str | None, typer.Option(help="Source name [default: config or stem].")] = None,
     run_number: Annotated[int, typer.Option("--run", help="Run number stamped on data.")] = 0,
     count: Annotated[
-        int | None, typer.Option(help="Stop after this many data messages.", show_default=False)
+        int | None,
+        typer.Option(min=1, help="Stop after this many data messages.", show_default=False),
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 10.0,
 ) -> None:
@@ -62,7 +63,12 @@ def run(
         install_signal_handlers(stop)
         run_number = run_number or int(os.environ.get("DAQ_RUN", "0"))
         meta = {"writer": "daq job run", "source": job.name, "run": run_number}
-        out = open_output(target, addr, meta=meta, wait=wait)
+        try:
+            out = open_output(target, addr, meta=meta, wait=wait)
+        except FileExistsError:
+            fail(
+                f"{target} exists: choose a new file (run files are never overwritten)", EXIT_USAGE
+            )
         telemetry = TelemetryPublisher(addr)
         try:
             run_job(job, out, stop=stop, telemetry=telemetry, run=run_number, max_messages=count)

@@ -212,12 +212,14 @@ def open_output(
     wait: float | None = 10.0,
     keys: CurveKeys | None = None,
 ) -> Output:
-    """`-` writes the stream to stdout; None or `broker` publishes to the broker."""
+    """`-` writes the stream to stdout; None or `broker` publishes to the broker; anything else
+    is a new file (FileExistsError if it exists)."""
     if target == "-":
         return StreamOutput(sys.stdout.buffer, meta)
     if target in (None, "broker"):
         return BrokerOutput(address, wait=wait, keys=keys)
-    return StreamOutput(open(target, "wb"), meta)  # noqa: SIM115 - closed by the caller
+    # "x": never truncate an existing file (a run file written earlier is data)
+    return StreamOutput(open(target, "xb"), meta)  # noqa: SIM115 - closed by the caller
 
 
 def open_input(
