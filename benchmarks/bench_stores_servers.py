@@ -324,18 +324,19 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="daq-bench-"))
     try:
         for case, sizes in (("1-row messages", [1] * small), ("100k-row messages", big)):
-            stream = tmp / f"{case[:3]}.raw"
+            short = "msg1" if sizes[0] == 1 else "big"
+            stream = tmp / f"{short}.raw"
             msgs, payload = make_stream(stream, "benchsrc", sizes, {})
             work = batches(msgs) if sizes[0] == 1 else msgs
             rows = sum(sizes)
 
-            def mysql_ours(k: int, stream: Path = stream, case: str = case) -> float:
-                name = f"{tag}_o{case[:3].strip('-')}{k}"
+            def mysql_ours(k: int, stream: Path = stream, short: str = short) -> float:
+                name = f"{tag}_o{short}{k}"
                 tables.append(name)
                 return run_store("mysql", stream, name, {})
 
-            def mysql_bare(k: int, work: list = work, case: str = case) -> float:
-                name = f"{tag}_b{case[:3].strip('-')}{k}"
+            def mysql_bare(k: int, work: list = work, short: str = short) -> float:
+                name = f"{tag}_b{short}{k}"
                 tables.append(name)
                 return bare_mysql(name, work)
 
@@ -377,7 +378,7 @@ def main() -> int:
             print(f"{'store loop, no backend, ' + case:<38} {ceilings[case]:>14,} rows/s")
 
         # context: a real `daq store` process (start-up included) and an unbatched store
-        stream = tmp / "1-r.raw"
+        stream = tmp / "msg1.raw"
         t_proc = run_store_process("mysql", stream, f"{tag}_proc", [])
         tables.append(f"{tag}_proc")
         few, _ = make_stream(tmp / "few.raw", "benchsrc", [1] * 1000, {})

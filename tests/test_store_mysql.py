@@ -407,3 +407,19 @@ def test_datetime_and_json_options(procs: Procs, tmp_path: Path, mysql: Any, mys
     got = query(mysql, f"SELECT timestamp, wave FROM `{mysql_table}` ORDER BY wave")
     stamp = dt.datetime(2023, 11, 14, 22, 13, 20, 123456)
     assert got == [(stamp, "[1,2]"), (None, "[null,3]")]
+
+
+def test_refused_row_is_counted_and_the_rest_stored(
+    procs: Procs, tmp_path: Path, mysql: Any, mysql_table: str
+):
+    """A value the server refuses (a date past DATETIME's year 9999): that row is logged and
+    counted, the other rows of the same flush are stored."""
+    src = Source("refuse", store={"mysql": {"table_name": mysql_table}})
+    us = [1_600_000_000_000_000, 300_000_000_000_000_000, 1_600_000_000_000_001]
+    table = pa.table({"k": [0, 1, 2], "t": pa.array(us, pa.int64()).cast(pa.timestamp("us"))})
+    stream = write_stream(tmp_path / "in.raw", [src.table(table), src.end_of_stream()])
+    p = _store(procs, stream)
+    assert b"1 row(s) refused by the server" in p.stderr
+    got = query(mysql, f"SELECT k, t FROM `{mysql_table}` ORDER BY k")
+    base = dt.datetime(2020, 9, 13, 12, 26, 40)
+    assert got == [(0, base), (2, base + dt.timedelta(microseconds=1))]
