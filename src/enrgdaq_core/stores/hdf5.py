@@ -287,7 +287,8 @@ class HDF5Backend(Backend):
 
         assert dest.path is not None
         asked = dest.path.resolve()
-        chosen = self._chosen.get(asked) if dest.append and not dest.overwrite else None
+        # a file this process has open is shared, whatever the flags: it was made here
+        chosen = self._chosen.get(asked) or (asked if asked in self._files else None)
         handle = self._files.get(chosen) if chosen is not None else None
         if handle is None:
             handle = self._open_file(dest)

@@ -389,6 +389,8 @@ class StoreRunner:
     def _open(self, slot: _Slot, schema: pa.Schema | None) -> Writer:
         if slot.writer is None:
             candidate = str(slot.dest.path) if slot.dest.path else ""
+            if candidate in self._written_paths:
+                slot.dest.overwrite = False  # another slot of this process wrote it since
             slot.writer = self.backend.open(slot.dest, schema)
             where = str(slot.dest.path or slot.dest.name)
             self._written_paths.update(p for p in (candidate, where) if p)

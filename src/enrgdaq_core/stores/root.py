@@ -1,0 +1,275 @@
+"""ROOT files (uproot): one TTree per source, branches from the Arrow schema, big baskets.
+
+Each write is one `TTree.extend`, so one basket per branch: the runner's batching (default
+100 000 rows or 5 s) is what makes baskets large. Branches: numbers and booleans as scalars,
+timestamps as int64 ns since 1970 UTC, strings as `char*`, fixed-size waveforms as fixed
+arrays (`int16_t[1024]`), variable-length lists as jagged arrays with a counter branch
+`n<column>`. The tree title is the Arrow schema as JSON (names and types as the source sent
+them). Compression is the file's: `compression_type` / `compression_level`, ZSTD 5 by
+default (the first writer of a file sets it).
+
+uproot rewrites the tree's metadata and the file's directory after every extend, so after a
+kill -9 the file opens in uproot and ROOT with every completed write. While the store writes
+a file it holds a key `enrgdaq_writing` (a TObjString), removed on a clean close; a restart
+that finds it knows the file was left by a crash and starts the next file part instead of
+appending (uproot cannot always reopen such a file for update). A clean file is reopened
+with `uproot.update` and its tree extended.
+
+A schema change (a column added, removed or retyped) starts a new tree `<name>_v2`,
+`<name>_v3`, ... in the same file; the first tree is never altered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from enrgdaq_core.store_config import ROOTStoreConfig
+from enrgdaq_core.stores._columns import ColumnPlan, column_data, plan_schema, schema_signature
+from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
+from enrgdaq_core.stores.paths import latest_part, next_part
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger("enrgdaq.store.root")
+
+WRITING_KEY = "enrgdaq_writing"
+
+
+def _compression(settings: ROOTStoreConfig) -> Any:
+    import uproot
+
+    kind = settings.compression_type
+    if kind == "NONE":
+        return None
+    return {"ZSTD": uproot.ZSTD, "ZLIB": uproot.ZLIB, "LZ4": uproot.LZ4, "LZMA": uproot.LZMA}[kind](
+        settings.compression_level
+    )
+
+
+def _version_name(base: str, version: int) -> str:
+    return base if version == 1 else f"{base}_v{version}"
+
+
+def _key_names(keys: list[str]) -> set[str]:
+    return {k.split(";")[0] for k in keys}
+
+
+def _branch_type(plan: ColumnPlan) -> Any:
+    dtype = plan.dtype if plan.dtype != np.float16 else np.dtype(np.float32)
+    if plan.kind == "scalar":
+        return dtype
+    if plan.kind == "fixed":
+        return np.dtype((dtype, (plan.width,)))
+    if plan.kind == "jagged":
+        return f"var * {dtype.name}"
+    return "string"
+
+
+class _RootFile:
+    """One open file, shared by the writers of every source that writes into it."""
+
+    def __init__(self, path: Path, *, create: bool, compression: Any) -> None:
+        import uproot
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.refs = 0
+        self.owners: dict[str, str] = {}  # tree name -> the source writing it
+        if create:
+            self.file = uproot.recreate(path, compression=compression)
+        else:
+            self.file = uproot.update(path)
+        self.file[WRITING_KEY] = f"written by enrgdaq pid {os.getpid()}"
+        self.names = _key_names(self.file.keys())
+
+    def claim(self, tree: str, source: str) -> str:
+        owner = self.owners.setdefault(tree, source)
+        if owner != source:
+            tree = f"{tree}_{source}"
+            self.owners.setdefault(tree, source)
+        return tree
+
+    def size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def close(self) -> None:
+        if not self.file.closed:
+            del self.file[WRITING_KEY]
+            self.file.close()
+
+
+class ROOTWriter(Writer):
+    def __init__(self, backend: ROOTBackend, handle: _RootFile, dest: Destination) -> None:
+        settings: ROOTStoreConfig = dest.settings
+        self.backend = backend
+        self.handle = handle
+        self.base = handle.claim(settings.tree_name or dest.source, dest.source)
+        self.tree_name = ""
+        self.schema: pa.Schema | None = None
+        self.plans: list[ColumnPlan] = []
+        self.counters: dict[str, str] = {}
+        self.closed = False
+
+    def _select(self, schema: pa.Schema) -> None:
+        """The tree for rows of `schema`: the last version if it matches, else a new one."""
+        signature = schema_signature(schema)
+        f = self.handle.file
+        names = self.handle.names
+        version = 1
+        while _version_name(self.base, version + 1) in names:
+            version += 1
+        name = _version_name(self.base, version)
+        if name in names and self.backend.title(self.handle, name) != signature:
+            name = _version_name(self.base, version + 1)
+        self.plans = plan_schema(schema)
+        taken = set(schema.names)
+        self.counters = {}
+        for plan in self.plans:
+            if plan.kind == "jagged":
+                counter = "n" + plan.name
+                while counter in taken:
+                    counter = "n" + counter
+                taken.add(counter)
+                self.counters[plan.name] = counter
+        if name not in names:
+            f.mktree(
+                name,
+                {p.name: _branch_type(p) for p in self.plans},
+                title=signature,
+                counter_name=lambda column: self.counters[column],
+            )
+            names.add(name)
+            self.backend.titles[(self.handle.path, name)] = signature
+        self.tree_name = name
+        self.schema = schema
+
+    def write(self, table: pa.Table) -> None:
+        import awkward as ak
+
+        if self.schema is None or not table.schema.equals(self.schema):
+            self._select(table.schema)
+        if table.num_rows == 0:
+            return
+        branches: dict[str, Any] = {}
+        for i, plan in enumerate(self.plans):
+            col = column_data(plan, table.column(i))
+            if col.nulls:
+                self.backend.nulls_filled += col.nulls
+            if plan.kind == "jagged":
+                assert col.offsets is not None
+                values = (
+                    col.values.astype(np.float32) if col.values.dtype == np.float16 else col.values
+                )
+                branches[plan.name] = ak.unflatten(values, np.diff(col.offsets))
+            elif plan.kind == "string":
+                branches[plan.name] = np.asarray(col.values, dtype=str)
+            elif col.values.dtype == np.float16:
+                branches[plan.name] = col.values.astype(np.float32)
+            else:
+                branches[plan.name] = col.values
+        self.handle.file[self.tree_name].extend(branches)
+        self.backend.baskets += 1
+
+    def size(self) -> int:
+        return self.handle.size()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.backend._release(self.handle)
+
+
+class ROOTBackend(Backend):
+    name = "root"
+    extension = ".root"
+    Settings = ROOTStoreConfig
+    default_flush_rows = 100_000  # one basket per branch per write: make them big
+    default_flush_seconds = 5.0
+
+    def __init__(self, options: StoreOptions) -> None:
+        super().__init__(options)
+        self._files: dict[Path, _RootFile] = {}
+        self._chosen: dict[Path, Path] = {}
+        self.titles: dict[tuple[Path, str], str] = {}  # (file, tree) -> title, read on reopen
+        self.baskets = 0
+        self.nulls_filled = 0
+
+    def title(self, handle: _RootFile, tree: str) -> str:
+        return self.titles.get((handle.path, tree), "")
+
+    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        assert dest.path is not None
+        asked = dest.path.resolve()
+        # a file this process has open is shared, whatever the flags: it was made here
+        chosen = self._chosen.get(asked) or (asked if asked in self._files else None)
+        handle = self._files.get(chosen) if chosen is not None else None
+        if handle is None:
+            handle = self._open_file(dest)
+            self._files[handle.path.resolve()] = handle
+            self._chosen[asked] = handle.path.resolve()
+        dest.path = handle.path
+        handle.refs += 1
+        return ROOTWriter(self, handle, dest)
+
+    def _open_file(self, dest: Destination) -> _RootFile:
+        assert dest.path is not None
+        compression = _compression(dest.settings)
+        path = dest.path
+        if dest.overwrite:
+            return _RootFile(path, create=True, compression=compression)
+        if not dest.append:
+            return _RootFile(next_part(path), create=True, compression=compression)
+        last = latest_part(path)
+        if not last.exists():
+            return _RootFile(last, create=True, compression=compression)
+        reason = self._unappendable(last)
+        if reason is None:
+            try:
+                return _RootFile(last, create=False, compression=compression)
+            except Exception as exc:  # uproot raises assorted errors on damaged files
+                reason = f"uproot cannot update it: {exc!r}"
+        new = next_part(path)
+        log.warning("%s cannot be appended to (%s): writing %s", last, reason, new)
+        return _RootFile(new, create=True, compression=compression)
+
+    def _unappendable(self, path: Path) -> str | None:
+        """Why an existing file must not be appended to, or None; remembers tree titles."""
+        import uproot
+
+        try:
+            with uproot.open(path) as f:
+                names = _key_names(f.keys(recursive=False))
+                if WRITING_KEY in names:
+                    return "it was not closed cleanly (a crash while writing)"
+                for name, classname in f.classnames(recursive=False).items():
+                    if classname == "TTree":
+                        self.titles[(path, name.split(";")[0])] = f[name].title
+        except Exception as exc:
+            return f"it does not open as a ROOT file: {exc!r}"
+        return None
+
+    def _release(self, handle: _RootFile) -> None:
+        handle.refs -= 1
+        if handle.refs <= 0:
+            handle.close()
+            key = handle.path.resolve()
+            self._files.pop(key, None)
+            for asked in [a for a, c in self._chosen.items() if c == key]:
+                del self._chosen[asked]
+
+    def close(self) -> None:
+        for handle in list(self._files.values()):
+            handle.close()
+        self._files.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"baskets": self.baskets, "nulls_filled": self.nulls_filled}

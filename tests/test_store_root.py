@@ -1,0 +1,212 @@
+"""`daq store root` as a real process, read back with uproot: values, types, baskets, crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import uproot
+
+from _store_data import (
+    SAMPLES,
+    SCHEMA,
+    chunks,
+    envelopes,
+    expected_columns,
+    feed,
+    run_store,
+    sample_table,
+    source,
+    stream_bytes,
+    write_stream,
+)
+from conftest import Procs, wait_for
+from enrgdaq_core.broker import wait_for_subscriptions
+from enrgdaq_core.envelope import Source
+from enrgdaq_core.transport import BrokerAddress, Publisher
+
+pytestmark = pytest.mark.e2e
+
+
+def check_tree(tree: Any, start: int, rows: int) -> None:
+    """Every value and type of rows start.. in one tree, as uproot gives them back."""
+    assert tree.num_entries == rows
+    assert json.loads(tree.title) == [[f.name, str(f.type)] for f in SCHEMA]
+    assert [b for b in tree.keys(recursive=False) if b != "nvwave"] == SCHEMA.names
+    got = tree.arrays(library="np")
+    exp = expected_columns(start, rows)
+    for name in ("i64", "i16", "u32", "f64", "f32", "flag", "ts"):
+        assert got[name].dtype == exp[name].dtype, name
+        np.testing.assert_array_equal(got[name], exp[name])
+    assert tree["ts"].typename == "int64_t"  # ns since 1970 UTC
+    assert tree["label"].typename == "char*"
+    assert got["label"].tolist() == exp["label"]
+    assert tree["wave"].typename == f"int16_t[{SAMPLES}]"
+    assert got["wave"].dtype == np.int16
+    np.testing.assert_array_equal(got["wave"], exp["wave"])
+    assert tree["vwave"].typename == "float[]"
+    np.testing.assert_array_equal(got["nvwave"], [len(v) for v in exp["vwave"]])
+    for g, w in zip(got["vwave"], exp["vwave"], strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, w)
+
+
+def test_values_types_and_compression(procs: Procs, tmp_path: Path) -> None:
+    src = source("src1", "root", file_path="run.root")
+    tables = [sample_table(s, n) for s, n in chunks(500, [1, 7, 60, 1, 200])]
+    run_store(
+        procs, "root", write_stream(tmp_path / "in.daq", envelopes(src, tables)),
+        "--flush-rows", "200",
+    )  # fmt: skip
+    with uproot.open(tmp_path / "run.root") as f:
+        assert f.keys(cycle=False) == ["src1"]  # the writing mark is gone after a clean close
+        assert f.file.compression == uproot.ZSTD(5)
+        check_tree(f["src1"], 0, 500)
+        # flush at >= 200 rows: 269 rows (1+7+60+1+200), then 231 at end of stream: 2 baskets
+        assert {f["src1"][b].num_baskets for b in SCHEMA.names} == {2}
+
+
+@pytest.mark.parametrize(("kind", "level"), [("ZLIB", 1), ("LZ4", 2), ("NONE", 0)])
+def test_compression_option(procs: Procs, tmp_path: Path, kind: str, level: int) -> None:
+    src = source("c", "root", file_path="c.root", compression_type=kind, compression_level=level)
+    stream = write_stream(tmp_path / "in.daq", envelopes(src, [sample_table(0, 50)]))
+    run_store(procs, "root", stream, "-O", "tree_name=events")
+    with uproot.open(tmp_path / "c.root") as f:
+        expected = None if kind == "NONE" else getattr(uproot, kind)(level)
+        assert f.file.compression == expected
+        check_tree(f["events"], 0, 50)
+
+
+def test_broker_small_messages_make_big_baskets(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    store = procs.start(
+        "store", "root", "--from", "data.fast", "--broker", broker.base, "-o", "fast.root",
+        "--exit-on-eos",
+    )  # fmt: skip
+    assert wait_for_subscriptions(broker, ["data.fast"], timeout=20)
+    pub = Publisher(broker)
+    assert pub.wait_ready(10)
+    src = Source("fast", store={"root": {}})
+    for i in range(2000):
+        pub.send(src.table(sample_table(i, 1)))
+    pub.send(src.end_of_stream())
+    assert store.wait(30) == 0, store.stderr.read().decode()
+    pub.close()
+    with uproot.open(tmp_path / "fast.root") as f:
+        check_tree(f["fast"], 0, 2000)
+        baskets = f["fast"]["i64"].num_baskets
+    assert baskets <= 5  # 2000 one-row messages, one basket per write of many rows
+
+
+def _feeder(pipe: Any, src: Source, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        pos = 0
+        try:
+            feed(pipe, stream_bytes([]))
+            while not stop.is_set():
+                n = 1 + pos % 9
+                feed(pipe, stream_bytes([src.table(sample_table(pos, n))], header=False))
+                pos += n
+                stop.wait(0.001)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _entries(path: Path, tree: str) -> int:
+    try:
+        with uproot.open(path) as f:
+            return f[tree].num_entries if tree in f.keys(cycle=False) else 0
+    except Exception:  # caught between two writes of the metadata
+        return 0
+
+
+def test_kill9_mid_write_then_restart(procs: Procs, tmp_path: Path) -> None:
+    path = tmp_path / "k.root"
+    src = source("k", "root", file_path="k.root")
+    store = procs.start(
+        "store", "root", "-i", "-", "--flush-rows", "100", "--flush-seconds", "0.05",
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    stop = threading.Event()
+    thread = _feeder(store.stdin, src, stop)
+    wait_for(lambda: path.exists() and _entries(path, "k") >= 1000, 30, what="entries")
+    os.killpg(store.pid, signal.SIGKILL)  # mid-stream: the feeder is still sending
+    store.wait(10)
+    stop.set()
+    thread.join(10)
+    with contextlib.suppress(BrokenPipeError):
+        store.stdin.close()
+    with uproot.open(path) as f:
+        assert "enrgdaq_writing" in f.keys(cycle=False)  # the crash is visible
+        n = f["k"].num_entries
+        assert n >= 1000
+        check_tree(f["k"], 0, n)
+    before = path.read_bytes()
+
+    # The next start leaves the crashed file alone and writes the next part.
+    more = write_stream(tmp_path / "more.daq", envelopes(src, [sample_table(70_000, 30)]))
+    run_store(procs, "root", more)
+    assert path.read_bytes() == before
+    with uproot.open(tmp_path / "k_part001.root") as f:
+        check_tree(f["k"], 70_000, 30)
+
+
+def test_restart_appends_to_the_tree(procs: Procs, tmp_path: Path) -> None:
+    src = source("r", "root", file_path="r.root")
+    for start in (0, 100, 200):
+        stream = write_stream(tmp_path / "in.daq", envelopes(src, [sample_table(start, 100)]))
+        run_store(procs, "root", stream)
+    with uproot.open(tmp_path / "r.root") as f:
+        assert f.keys(cycle=False) == ["r"]
+        check_tree(f["r"], 0, 300)
+        assert f["r"]["i64"].num_baskets == 3
+    assert not (tmp_path / "r_part001.root").exists()
+
+
+def test_schema_changes_make_tree_versions(procs: Procs, tmp_path: Path) -> None:
+    src = source("s", "root", file_path="s.root")
+    added = sample_table(100, 100).append_column("extra", pa.array(np.arange(100)))
+    retyped = sample_table(200, 100)
+    retyped = retyped.set_column(0, "i64", retyped["i64"].cast(pa.float64()))
+    tables = [sample_table(0, 100), added, retyped, sample_table(300, 100)]
+    run_store(procs, "root", write_stream(tmp_path / "in.daq", envelopes(src, tables)))
+    with uproot.open(tmp_path / "s.root") as f:
+        assert sorted(f.keys(cycle=False)) == ["s", "s_v2", "s_v3", "s_v4"]
+        check_tree(f["s"], 0, 100)
+        assert f["s_v2"]["extra"].array(library="np").tolist() == list(range(100))
+        assert f["s_v3"]["i64"].typename == "double"
+        np.testing.assert_array_equal(
+            f["s_v3"]["i64"].array(library="np"), expected_columns(200, 100)["i64"]
+        )
+        check_tree(f["s_v4"], 300, 100)
+
+
+def test_two_sources_one_file_and_overwrite(procs: Procs, tmp_path: Path) -> None:
+    def once(start: int, **settings: Any) -> None:
+        one = source("one", "root", file_path="both.root", **settings)
+        two = source("two", "root", file_path="both.root", **settings)
+        envs = []
+        for s, n in chunks(200, [20]):
+            envs += [one.table(sample_table(start + s, n)), two.table(sample_table(start + s, n))]
+        run_store(procs, "root", write_stream(tmp_path / "in.daq", envs), "--flush-rows", "50")
+
+    once(0)
+    once(1000, overwrite=True)
+    with uproot.open(tmp_path / "both.root") as f:
+        assert sorted(f.keys(cycle=False)) == ["one", "two"]
+        check_tree(f["one"], 1000, 200)
+        check_tree(f["two"], 1000, 200)
