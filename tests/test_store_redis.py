@@ -382,3 +382,18 @@ def test_timeseries_commands_shape():
     )  # fmt: skip
     stats = backend.stats()
     assert stats["nulled_values"] == 1 and stats["timeseries_columns_skipped"] == 1
+
+
+def test_stream_retention(procs: Procs, tmp_path: Path, redis_client: Any, redis_key):
+    """Stream layout with key_expiration_days: older entries are trimmed, the key expires."""
+    import time
+
+    now = int(time.time() * 1000)
+    src = Source("ret", store={"redis": {"key": redis_key, "layout": "stream",
+                                         "key_expiration_days": 1}})  # fmt: skip
+    times = [now - 3 * 86_400_000, now - 2 * 86_400_000, now, now + 1]
+    table = pa.table({"timestamp": pa.array(times, pa.int64()), "v": [0, 1, 2, 3]})
+    stream = write_stream(tmp_path / "in.raw", [src.table(table), src.end_of_stream()])
+    _store(procs, stream)
+    assert [int(f[b"v"]) for _, f in redis_client.xrange(redis_key)] == [2, 3]
+    assert 86_400 - 60 <= redis_client.ttl(redis_key) <= 86_400

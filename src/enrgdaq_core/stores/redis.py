@@ -219,7 +219,7 @@ class RedisWriter(Writer):
                 command(*(args if len(args) > 3 else [*args, b"_", b""]))
         if self.expire_seconds:
             now_ms = int(_dt.datetime.now(_dt.UTC).timestamp() * 1000)
-            pipe.xtrim(self.key, minid=now_ms - self.expire_seconds * 1000, approximate=True)
+            pipe.xtrim(self.key, minid=now_ms - self.expire_seconds * 1000, approximate=False)
             pipe.expire(self.key, self.expire_seconds)
 
     def _read_last_id(self, conn: Any) -> tuple[int, int]:
