@@ -167,7 +167,7 @@ class Progress:
 @dataclass
 class ReplayResult:
     messages: int = 0
-    bytes: int = 0  # bytes of the records sent
+    bytes: int = 0  # payload bytes of the messages sent
     bytes_read: int = 0  # bytes of run file read (records scanned, sent or not)
     passes: int = 0
     elapsed: float = 0.0
