@@ -85,8 +85,12 @@ def run_job(
     max_messages: int | None = None,
     stats_interval: float = 1.0,
     on_report: Callable[[Any], None] | None = None,
+    stats: bool = True,
 ) -> Meter:
-    """Drive `job` until `stop` is set (or `max_messages` are sent); returns its counters."""
+    """Drive `job` until `stop` is set (or `max_messages` are sent); returns its counters.
+
+    `stats=False` counts nothing but messages and sends no heartbeat (to measure the cost).
+    """
     cfg = job.config
     source = Source(job.name, run=run, tag=cfg.tag, store=cfg.store_config.for_header())
     stats_source = Source(job.name, topic=f"stats.{job.name}")
@@ -94,6 +98,7 @@ def run_job(
     interval = job.interval
     next_report = time.monotonic() + stats_interval
     flushed = time.monotonic()
+    sent = 0
     job.start()
     try:
         deadline = time.monotonic()
@@ -104,12 +109,14 @@ def run_job(
                 else:
                     env = source.table(item)
                 output.send(env)
-                meter.sent(env.nbytes, env.header.rows)
-                if max_messages is not None and meter.msgs_out >= max_messages:
+                sent += 1
+                if stats:
+                    meter.sent(env.nbytes, env.header.rows)
+                if max_messages is not None and sent >= max_messages:
                     stop.set()
                     break  # a step that returned several items must not overshoot --count
             now = time.monotonic()
-            if now >= next_report:
+            if stats and now >= next_report:
                 report = meter.report()
                 if telemetry is not None:
                     telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
@@ -136,7 +143,8 @@ def run_job(
             output.flush()
         finally:
             job.stop()
-            if telemetry is not None:
+            meter.msgs_out = max(meter.msgs_out, sent)
+            if telemetry is not None and stats:
                 report = meter.report()
                 report.extra["final"] = True
                 telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
