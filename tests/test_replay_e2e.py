@@ -34,6 +34,12 @@ channels = 3
 
 [store_config.csv]
 file_path = "{source}.csv"
+
+[store_config.hdf5]
+file_path = "{source}.h5"
+
+[store_config.root]
+file_path = "{source}.root"
 """
 
 DIGI = """
@@ -46,7 +52,15 @@ event_rate = 500
 
 [store_config.csv]
 file_path = "{source}.csv"
+
+[store_config.hdf5]
+file_path = "{source}.h5"
+
+[store_config.root]
+file_path = "{source}.root"
 """
+
+BACKENDS = ("csv", "hdf5", "root")
 
 
 def _subscribed(addr: BrokerAddress, topics: set[str]) -> bool:
@@ -60,23 +74,33 @@ def stream_of(data: bytes) -> list[Envelope]:
     return [r.envelope for r in StreamReader(io.BytesIO(data))]
 
 
+def _subscribers(addr: BrokerAddress, topic: str) -> int:
+    try:
+        return int(query(addr, "status", timeout=1.0)["subscribers"].get(topic, 0))
+    except TimeoutError:
+        return 0
+
+
 @pytest.fixture
 def recorded_run(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> Path:
-    """A run of two real jobs through a real broker, stored live as CSV (in live/) by one
-    store and recorded by `daq store raw` (run000007.raw) by another, side by side."""
-    live = procs.start(
-        "store",
-        "csv",
-        "--broker",
-        broker.base,
-        "--from",
-        "data.sensor1*",
-        "--from",
-        "data.digi1*",
-        "--out-dir",
-        "live",
-        "--exit-on-eos",
-    )
+    """A run of two real jobs through a real broker, stored live (in live/) by a CSV, an HDF5
+    and a ROOT store, and recorded by `daq store raw` (run000007.raw), all side by side."""
+    live = [
+        procs.start(
+            "store",
+            backend,
+            "--broker",
+            broker.base,
+            "--from",
+            "data.sensor1*",
+            "--from",
+            "data.digi1*",
+            "--out-dir",
+            "live",
+            "--exit-on-eos",
+        )
+        for backend in BACKENDS
+    ]
     raw = procs.start(
         "store",
         "raw",
@@ -90,16 +114,23 @@ def recorded_run(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> Path:
         "run{run}.raw",
         "--exit-on-eos",
     )
-    want = {"data.sensor1$", "data.digi1$", "data.sensor1", "data.digi1"}
-    wait_for(lambda: _subscribed(broker, want), 20, what="both stores subscribed")
+    wait_for(
+        lambda: (
+            _subscribed(broker, {"data.sensor1$", "data.digi1$"})
+            and _subscribers(broker, "data.sensor1") >= len(BACKENDS)
+            and _subscribers(broker, "data.digi1") >= len(BACKENDS)
+        ),
+        30,
+        what="every store subscribed",
+    )
     s = write(tmp_path / "sensor.toml", SENSOR)
     d = write(tmp_path / "digi.toml", DIGI)
     common = ("-o", "broker", "--broker", broker.base, "--run", "7")
     j1 = procs.start("job", "run", str(s), *common, "--count", "150")
     j2 = procs.start("job", "run", str(d), *common, "--count", "60")
     assert j1.wait(60) == 0 and j2.wait(60) == 0
-    assert live.wait(60) == 0, live.stderr.read().decode()
-    assert raw.wait(60) == 0, raw.stderr.read().decode()
+    for p in [*live, raw]:
+        assert p.wait(60) == 0, p.stderr.read().decode()
     return tmp_path / "run000007.raw"
 
 
@@ -112,15 +143,76 @@ def _compare_csv(live: Path, replayed: Path) -> None:
         pd.testing.assert_frame_equal(da, db, check_exact=True)
 
 
+def _same_array(a: object, b: object, what: str) -> None:
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    if a.dtype == object:
+        assert len(a) == len(b)
+        for x, y in zip(a.ravel(), b.ravel(), strict=True):
+            _same_array(x, y, what)
+    else:
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), what
+
+
+def _compare_hdf5(live: Path, replayed: Path) -> None:
+    import h5py
+
+    for name, rows in (("sensor1.h5", 150), ("digi1.h5", 300)):
+        with h5py.File(live / name, "r") as fa, h5py.File(replayed / name, "r") as fb:
+            seen: list[str] = []
+
+            def visit(path: str, obj: object, fb: h5py.File = fb, seen: list[str] = seen) -> None:
+                seen.append(path)
+                other = fb[path]
+                assert dict(obj.attrs).keys() == dict(other.attrs).keys(), path
+                for key, value in obj.attrs.items():
+                    _same_array(value, other.attrs[key], f"{path}@{key}")
+                if isinstance(obj, h5py.Dataset):
+                    _same_array(obj[()], other[()], path)
+
+            fa.visititems(visit)
+            other: list[str] = []
+            fb.visit(other.append)
+            assert sorted(seen) == sorted(other) and seen, name
+            group = fa[seen[0].split("/")[0]]
+            assert int(group.attrs["rows"]) == rows, name
+
+
+def _compare_root(live: Path, replayed: Path) -> None:
+    import awkward as ak
+    import uproot
+
+    for name, rows in (("sensor1.root", 150), ("digi1.root", 300)):
+        with uproot.open(live / name) as fa, uproot.open(replayed / name) as fb:
+            trees = [k for k, c in fa.classnames().items() if c == "TTree"]
+            assert trees and trees == [k for k, c in fb.classnames().items() if c == "TTree"]
+            for key in trees:
+                ta, tb = fa[key], fb[key]
+                assert ta.title == tb.title and ta.num_entries == tb.num_entries == rows
+                branches = ta.keys()
+                assert branches == tb.keys()
+                for branch in branches:
+                    assert ta[branch].typename == tb[branch].typename, branch
+                a, b = ta.arrays(), tb.arrays()
+                assert str(ak.type(a)) == str(ak.type(b))
+                assert ak.to_list(a) == ak.to_list(b)
+
+
+COMPARE = {"csv": _compare_csv, "hdf5": _compare_hdf5, "root": _compare_root}
+
+
 def test_replay_through_a_pipe_stores_what_the_live_run_stored(
     procs: Procs, recorded_run: Path, tmp_path: Path
 ) -> None:
-    replay = procs.start("replay", str(recorded_run), stdout=subprocess.PIPE)
-    store = procs.run("store", "csv", "--out-dir", "replayed", stdin=replay.stdout)
-    replay.stdout.close()
-    assert replay.wait(30) == 0, replay.stderr.read().decode()
-    assert store.returncode == 0, store.stderr.decode()
-    _compare_csv(tmp_path / "live", tmp_path / "replayed")
+    for backend in BACKENDS:
+        replay = procs.start("replay", str(recorded_run), stdout=subprocess.PIPE)
+        store = procs.run("store", backend, "--out-dir", f"replayed_{backend}", stdin=replay.stdout)
+        replay.stdout.close()
+        assert replay.wait(30) == 0, replay.stderr.read().decode()
+        assert store.returncode == 0, store.stderr.decode()
+        COMPARE[backend](tmp_path / "live", tmp_path / f"replayed_{backend}")
 
     # headers are not restamped: a raw copy made through a pipe has the same headers
     replay = procs.start("replay", str(recorded_run), stdout=subprocess.PIPE)
