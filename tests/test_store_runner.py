@@ -1,0 +1,335 @@
+"""The store runner in-process, against a recording backend: batching, errors, retries, names."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pytest
+
+from _store_data import sample_table
+from enrgdaq_core.channels import EndOfInput
+from enrgdaq_core.envelope import Envelope, Source
+from enrgdaq_core.jobs.runtime import StopFlag
+from enrgdaq_core.store_config import CSVStoreConfig
+from enrgdaq_core.stores import runner as runner_mod
+from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, TransientError, Writer
+from enrgdaq_core.stores.paths import (
+    file_path,
+    next_part,
+    parse_period,
+    parts,
+    split_name,
+    unique,
+)
+from enrgdaq_core.stores.runner import StoreRunner
+
+
+class Recorder(Writer):
+    def __init__(self, backend: RecordingBackend, dest: Destination) -> None:
+        self.backend = backend
+        self.dest = dest
+        self.tables: list[pa.Table] = []
+        self.closed = False
+
+    def write(self, table: pa.Table) -> None:
+        fail = self.backend.fail_next
+        if fail is not None:
+            self.backend.fail_next = None
+            raise fail
+        if "poison" in table.column_names:
+            raise ValueError("cannot store a poison column")
+        self.tables.append(table)
+        self.backend.writes.append((self.dest.source, table.num_rows))
+
+    def size(self) -> int:
+        return sum(t.nbytes for t in self.tables)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingBackend(Backend):
+    name = "csv"  # reads the csv settings from headers
+    extension = ".rec"
+    Settings = CSVStoreConfig
+    default_flush_rows = 250
+    default_flush_seconds = 60.0
+    opened: ClassVar[list[Destination]]
+
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        super().__init__(options or StoreOptions())
+        self.opened = []
+        self.writers: list[Recorder] = []
+        self.writes: list[tuple[str, int]] = []
+        self.fail_next: Exception | None = None
+
+    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        self.opened.append(
+            Destination(
+                dest.source,
+                dest.settings,
+                path=dest.path,
+                overwrite=dest.overwrite,
+                append=dest.append,
+            )
+        )
+        w = Recorder(self, dest)
+        self.writers.append(w)
+        return w
+
+    def rows(self) -> list[int]:
+        return [v for w in self.writers for t in w.tables for v in t["i64"].to_pylist()]
+
+
+class ListInput:
+    damage = None
+
+    def __init__(self, envs: list[Envelope]) -> None:
+        self.envs = list(envs)
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        if not self.envs:
+            raise EndOfInput
+        return self.envs.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def i64(start: int, rows: int) -> list[int]:
+    return pa.Table.from_batches([sample_table(start, rows).to_batches()[0]])["i64"].to_pylist()
+
+
+def make(tmp_path: Path, **options: Any) -> tuple[StoreRunner, RecordingBackend]:
+    be = RecordingBackend(StoreOptions(out_dir=str(tmp_path), **options))
+    return StoreRunner(be, name="t"), be
+
+
+def test_one_row_messages_become_few_writes(tmp_path: Path) -> None:
+    runner, be = make(tmp_path)
+    src = Source("s", store={"csv": {}})
+    envs = [src.table(sample_table(i, 1)) for i in range(1000)] + [src.end_of_stream()]
+    result = runner.run(ListInput(envs), StopFlag())
+    assert be.writes == [("s", 250)] * 4
+    assert be.rows() == i64(0, 1000)
+    assert result.failed_rows == 0 and runner.meter.rows_out == 1000
+    assert all(w.closed for w in be.writers)
+
+
+def test_source_settings_and_flags_set_the_batch(tmp_path: Path) -> None:
+    runner, be = make(tmp_path)
+    src = Source("s", store={"csv": {"flush_rows": 30}})
+    for i in range(100):
+        runner.handle(src.table(sample_table(i, 1)))
+    assert [n for _, n in be.writes] == [30, 30, 30]  # the source's flush_rows
+    runner, be = make(tmp_path, flush_rows=50)  # a flag wins over the source's setting
+    for i in range(100):
+        runner.handle(src.table(sample_table(i, 1)))
+    assert [n for _, n in be.writes] == [50, 50]
+
+
+def test_flush_by_age_and_by_size(tmp_path: Path) -> None:
+    runner, be = make(tmp_path, flush_seconds=0.05)
+    src = Source("s", store={"csv": {}})
+    runner.handle(src.table(sample_table(0, 3)))
+    runner.tick()
+    assert be.writes == []
+    time.sleep(0.06)  # let the buffered rows age past flush_seconds
+    runner.tick()
+    assert be.writes == [("s", 3)]
+    runner, be = make(tmp_path, flush_mb=0.01)
+    big = sample_table(0, 200)
+    runner.handle(src.table(big))  # one message over 10 kB: written at once
+    assert be.writes == [("s", 200)]
+
+
+def test_os_error_keeps_rows_and_retries_into_a_new_file(tmp_path: Path) -> None:
+    runner, be = make(tmp_path, flush_rows=10)
+    src = Source("s", store={"csv": {"file_path": "x.rec"}})
+    be.fail_next = OSError(28, "No space left on device")
+    for i in range(10):
+        runner.handle(src.table(sample_table(i, 1)))
+    assert be.writes == [] and runner.pending_rows == 10 and runner.write_errors == 1
+    assert be.writers[0].closed  # a file that failed mid-write is not appended to
+    runner._slots[("s", 0)].retry_at = time.monotonic() - 1  # the backoff has passed
+    runner.tick()
+    assert be.rows() == i64(0, 10)
+    assert [d.append for d in be.opened] == [True, False]
+
+
+def test_rejected_rows_are_counted_and_the_rest_written(tmp_path: Path) -> None:
+    runner, be = make(tmp_path, flush_rows=1)
+    src = Source("s", store={"csv": {}})
+    runner.handle(src.table(sample_table(0, 5)))
+    poison = sample_table(5, 5).append_column("poison", pa.array([1] * 5))
+    runner.handle(src.table(poison))
+    runner.handle(src.table(sample_table(10, 5)))
+    assert runner.rejected_rows == 5
+    assert be.rows() == i64(0, 5) + i64(10, 5)
+    assert runner.pending_rows == 0
+
+
+def test_transient_failure_then_give_up_at_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_mod, "SHUTDOWN_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(runner_mod, "RETRY_FIRST", 0.05)
+
+    class Down(RecordingBackend):
+        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+            raise TransientError("server down")
+
+    be = Down(StoreOptions(flush_rows=5))
+    runner = StoreRunner(be, name="t")
+    src = Source("s", store={"csv": {}})
+    envs = [src.table(sample_table(i, 1)) for i in range(12)]
+    result = runner.run(ListInput(envs), StopFlag())
+    assert result.failed_rows == 12 and runner.retries >= 2
+
+
+def test_backpressure_stops_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_mod, "SHUTDOWN_RETRY_SECONDS", 0.1)
+
+    class Down(RecordingBackend):
+        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+            raise TransientError("server down")
+
+    be = Down(StoreOptions(flush_rows=5, max_pending_rows=20))
+    runner = StoreRunner(be, name="t")
+    src = Source("s", store={"csv": {}})
+    inp = ListInput([src.table(sample_table(i, 1)) for i in range(100)])
+    stop = StopFlag()
+    timer = threading.Timer(0.5, stop.set)  # the runner stalls; stop it from outside
+    timer.start()
+    result = runner.run(inp, stop)
+    timer.join()
+    assert len(inp.envs) == 80  # it read 20 rows (max_pending_rows), then waited
+    assert result.failed_rows == 20
+
+
+def test_bad_and_wrong_kind_messages(tmp_path: Path) -> None:
+    runner, be = make(tmp_path, flush_rows=1)
+    src = Source("s", store={"csv": {}})
+    runner.handle(src.raw(b"bytes for a table store"))
+    broken = src.table(sample_table(0, 2))
+    broken.payload, broken._table = b"\xff" * 30, None
+    runner.handle(broken)
+    odd = src.table(sample_table(0, 2))
+    odd.header.store = {"csv": {"no_such_key": 1}}  # settings that do not validate
+    runner.handle(odd)
+    runner.handle(src.table(sample_table(2, 2)))
+    assert runner.bad_messages == 3 and runner.wrong_kind == 1
+    assert be.rows() == i64(2, 2)
+
+
+def test_overwrite_applies_once_per_file(tmp_path: Path) -> None:
+    runner, be = make(tmp_path, flush_rows=1)
+    src = Source("s", store={"csv": {"file_path": "o.rec", "overwrite": True}})
+    runner.handle(src.table(sample_table(0, 1)))
+    runner.handle(src.end_of_stream())
+    runner.handle(src.table(sample_table(1, 1)))  # the source is back: same file, appended
+    assert [d.overwrite for d in be.opened] == [True, False]
+
+
+def test_schema_change_asks_the_writer(tmp_path: Path) -> None:
+    class Strict(RecordingBackend):
+        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+            w = super().open(dest, schema)
+            w.accepts = lambda s, first=schema: s.equals(first)  # type: ignore[method-assign]
+            return w
+
+    be = Strict(StoreOptions(out_dir=str(tmp_path), flush_rows=1))
+    runner = StoreRunner(be, name="t")
+    src = Source("s", store={"csv": {}})
+    runner.handle(src.table(sample_table(0, 2)))
+    runner.handle(src.table(sample_table(2, 2).append_column("x", pa.array([1, 2]))))
+    assert runner.schema_changes == 1
+    assert [d.append for d in be.opened] == [True, False]  # a new file, never an append
+    assert be.writers[0].closed
+
+
+def test_report_has_every_figure(tmp_path: Path) -> None:
+    runner, be = make(tmp_path, flush_rows=5)
+    sent: list[Envelope] = []
+
+    class Telemetry:
+        def send(self, env: Envelope) -> None:
+            sent.append(env)
+
+    runner.telemetry = Telemetry()  # type: ignore[assignment]
+    src = Source("s", store={"csv": {}})
+    for i in range(7):
+        runner.handle(src.table(sample_table(i, 1)))
+    runner.report()
+    from enrgdaq_core.envelope import decode_body
+    from enrgdaq_core.stats import StatsReport
+
+    report = decode_body(sent[-1].payload, StatsReport)
+    assert report.rows_in == 7 and report.rows_out == 5 and report.bytes_out > 0
+    extra = report.extra
+    for key in (
+        "files",
+        "files_opened",
+        "writes",
+        "flush_ms",
+        "flush_ms_max",
+        "pending_rows",
+        "pending_mb",
+        "retries",
+        "write_errors",
+        "rejected_rows",
+        "bad_messages",
+        "schema_changes",
+        "rotations",
+        "rows_by_source",
+        "lost_by_source",
+    ):
+        assert key in extra, key
+    assert extra["pending_rows"] == 2 and extra["writes"] == 1
+    assert extra["files"] == [str((tmp_path / "s.rec").absolute())]
+
+
+# -- file names ----------------------------------------------------------------------------
+
+
+def test_split_name_keeps_compressed_extensions() -> None:
+    assert split_name("sensor.csv.zst") == ("sensor", ".csv.zst")
+    assert split_name("run.root") == ("run", ".root")
+    assert split_name("a.b.csv.gz") == ("a.b", ".csv.gz")
+    assert split_name("noext") == ("noext", "")
+
+
+def test_file_path_placeholders_date_tag_and_compression() -> None:
+    now = 1_764_000_000.0  # 2025-11-24T16:00:00Z
+    p = file_path("{source}_{run}.csv", source="s1", extension=".csv", run=42, now=now)
+    assert p == Path("s1_000042.csv")
+    p = file_path("sensor.csv", source="s", extension=".csv.zst", add_date=True, tag="cal", now=now)
+    assert p == Path("sensor_cal_2025-11-24.csv.zst")
+    p = file_path("", source="s", extension=".h5", rotating=True, out_dir="/d", now=now)
+    assert p == Path("/d/s_20251124T160000Z.h5")
+    assert file_path("x.txt", source="s", extension=".csv", now=now) == Path("x.txt")
+
+
+def test_parts_sort_after_the_file_they_follow(tmp_path: Path) -> None:
+    base = tmp_path / "s_20251124T160000Z.csv.zst"
+    assert next_part(base) == base and unique(base) == base
+    base.write_text("x")
+    names = [base]
+    for _ in range(3):
+        p = next_part(base)
+        p.write_text("x")
+        names.append(p)
+    assert names[1].name == "s_20251124T160000Z_part001.csv.zst"
+    later = tmp_path / "s_20251124T160001Z.csv.zst"
+    assert sorted([later, *reversed(names)]) == [*names, later]
+    assert parts(base) == names
+
+
+def test_parse_period() -> None:
+    assert parse_period("90s") == 90 and parse_period("1h") == 3600 and parse_period("") == 0
+    with pytest.raises(ValueError, match="period"):
+        parse_period("soon")
