@@ -4,6 +4,8 @@ The data path never enters Python: `zmq.proxy` forwards in libzmq, and XPUB_NODR
 consumer queue into backpressure. Every message is also handed to the proxy's capture socket;
 a Python thread reads that copy to count messages and bytes per topic, to track subscriptions,
 and to republish on the monitor endpoint, where a slow monitor loses messages, never the data.
+Only what some monitor subscribed to is republished (the monitor socket is an XPUB that drops
+like a PUB, so the broker can see what monitors want).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from enrgdaq_core.transport import (
     BrokerAddress,
     CurveKeys,
     TelemetryPublisher,
-    _recv_parts,
+    _recv,
     _secure,
     _send_parts,
 )
@@ -123,7 +125,7 @@ class Broker:
         # an unbounded capture queue let the broker's memory grow with the backlog.
         self._capture.sndhwm = self.hwm
         self._capture.bind(_CAPTURE)
-        self._monitor = ctx.socket(zmq.PUB)
+        self._monitor = ctx.socket(zmq.XPUB)  # no XPUB_NODROP: a slow monitor drops, as PUB
         self._monitor.sndhwm = MONITOR_HWM
         self._control = ctx.socket(zmq.REP)
         self._bind(self._xsub, self.address.inbound)
@@ -166,40 +168,61 @@ class Broker:
 
     def _count(self) -> None:
         # Every message passes through here, so this loop is kept to frame-level work: parts
-        # arrive as zero-copy frames (a 4 MB payload is neither copied in nor out again),
-        # counters are found by the raw topic frame (no decode per message), and the pyzmq
-        # calls are the plain ones (see transport._recv_parts).
+        # arrive as zero-copy frames (a 4 MB payload is neither copied in nor out again), each
+        # topic frame maps to its counter without a decode, the pyzmq calls are the plain ones
+        # (see transport._recv_parts), and a message is republished only when a monitor asked
+        # for its topic (`daq stats --watch` takes stats.*, not every data message).
         sock = self._ctx.socket(zmq.PAIR)
         sock.rcvhwm = self.hwm
+        sock.rcvtimeo = 100  # when idle, wake up to see monitors (un)subscribe
         sock.connect(_CAPTURE)
         state = self.state
         counters = state.counters
-        by_frame: dict[bytes, TopicCounter] = {}
+        routes: dict[bytes, _Route] = {}
         monitor = self._monitor
+        watched: set[bytes] = set()  # prefixes some monitor subscribed to
+        recv = _recv
+        seen = 0
         try:
             while True:
-                parts = _recv_parts(sock)
+                try:
+                    part = recv(sock, 0, False)
+                except zmq.Again:
+                    if _monitor_subscriptions(monitor, watched):
+                        for topic, route in routes.items():
+                            route.watched = _matches(topic, watched)
+                    continue
+                parts = [part]
+                while part.more:
+                    part = recv(sock, 0, False)
+                    parts.append(part)
                 first = parts[0].bytes
                 if len(parts) == 1 and first[:1] in (b"\x00", b"\x01"):
                     with state.lock:
                         state.subscriptions[first[1:]] += 1 if first[0] == 1 else -1
                     continue
-                c = by_frame.get(first)
-                if c is None:
+                route = routes.get(first)
+                if route is None:
                     key = topic_prefix(first)
                     with state.lock:  # snapshot() iterates the dict under this lock
                         c = counters.get(key)
                         if c is None:
                             c = counters[key] = TopicCounter()
-                    if len(by_frame) > 65536:
-                        by_frame.clear()
-                    by_frame[first] = c
+                    if len(routes) > 65536:
+                        routes.clear()
+                    route = routes[first] = _Route(c, _matches(first, watched))
+                c = route.counter
                 c.messages += 1
                 c.bytes += sum(map(len, parts))
-                try:
-                    _send_parts(monitor, parts, _NOBLOCK)
-                except zmq.Again:
-                    state.monitor_dropped += 1
+                if route.watched:
+                    try:
+                        _send_parts(monitor, parts, _NOBLOCK)
+                    except zmq.Again:
+                        state.monitor_dropped += 1
+                seen += 1
+                if not seen & 255 and _monitor_subscriptions(monitor, watched):
+                    for topic, route in routes.items():
+                        route.watched = _matches(topic, watched)
         except zmq.ContextTerminated:
             pass
         finally:
@@ -273,6 +296,40 @@ class Broker:
             if endpoint.startswith("ipc://"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(endpoint[len("ipc://") :])
+
+
+class _Route:
+    """The counter of one topic frame, and whether a monitor subscribed to that topic."""
+
+    __slots__ = ("counter", "watched")
+
+    def __init__(self, counter: TopicCounter, watched: bool) -> None:
+        self.counter = counter
+        self.watched = watched
+
+
+def _matches(topic: bytes, prefixes: set[bytes]) -> bool:
+    return any(topic.startswith(p) for p in prefixes)
+
+
+def _monitor_subscriptions(monitor: zmq.Socket, watched: set[bytes]) -> bool:
+    """Apply the (un)subscriptions monitors sent since the last call; True if any changed.
+
+    The XPUB reports a prefix when its first monitor subscribes and when its last one leaves
+    (or disconnects), so a set of prefixes is exact.
+    """
+    changed = False
+    while True:
+        try:
+            msg = _recv(monitor, _NOBLOCK)
+        except zmq.Again:
+            return changed
+        if msg[:1] == b"\x01":
+            watched.add(msg[1:])
+            changed = True
+        elif msg[:1] == b"\x00":
+            watched.discard(msg[1:])
+            changed = True
 
 
 def query(address: BrokerAddress, cmd: str = "status", timeout: float = 2.0) -> dict[str, Any]:

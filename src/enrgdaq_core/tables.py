@@ -15,22 +15,39 @@ ONE_COPY_ABOVE = 1 << 16
 exact size (one copy); smaller ones join cached schema bytes and the batch (cheaper per call)."""
 
 _SCHEMA_CACHE_SIZE = 16
-_schema_cache: list[tuple[pa.Schema, bytes]] = []  # most recently used first
+# (schema, its serialised bytes, whether it has a dictionary column), most recently used first
+_schema_cache: list[tuple[pa.Schema, bytes, bool]] = []
 
 
-def _schema_bytes(schema: pa.Schema) -> bytes:
+def _has_dictionary(type_: pa.DataType) -> bool:
+    if pa.types.is_dictionary(type_):
+        return True
+    return any(_has_dictionary(type_.field(i).type) for i in range(type_.num_fields))
+
+
+def _schema_info(schema: pa.Schema) -> tuple[pa.Schema, bytes, bool]:
     # A 1-row message at kHz rates would spend most of its time re-serialising the same schema.
     # Looked up by identity, then `equals` (tens of ns); hashing a pa.Schema costs microseconds.
     cache = _schema_cache
-    for i, (known, data) in enumerate(cache):
-        if known is schema or known.equals(schema, check_metadata=True):
+    if cache and cache[0][0] is schema:  # a source sends one schema: the usual case
+        return cache[0]
+    for i, entry in enumerate(cache):
+        if entry[0] is schema or entry[0].equals(schema, check_metadata=True):
             if i:
                 cache.insert(0, cache.pop(i))
-            return data
-    data = schema.serialize().to_pybytes()
-    cache.insert(0, (schema, data))
+            return entry
+    entry = (
+        schema,
+        schema.serialize().to_pybytes(),
+        any(_has_dictionary(f.type) for f in schema),
+    )
+    cache.insert(0, entry)
     del cache[_SCHEMA_CACHE_SIZE:]
-    return data
+    return entry
+
+
+def _schema_bytes(schema: pa.Schema) -> bytes:
+    return _schema_info(schema)[1]
 
 
 def _batches(table: pa.Table | pa.RecordBatch) -> list[pa.RecordBatch]:
@@ -54,11 +71,36 @@ def _encode_into_buffer(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
     return buf
 
 
+def _encode_with_dictionaries(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
+    """Dictionary columns need dictionary batches before the record batches (and again when a
+    later batch has another dictionary): only the stream writer knows when to emit them."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in _batches(table):
+            writer.write_batch(batch)
+    return sink.getvalue()
+
+
+def _encode_small(table: pa.Table | pa.RecordBatch) -> bytes:
+    _schema, schema_bytes, dictionaries = _schema_info(table.schema)
+    if dictionaries:
+        return _encode_with_dictionaries(table).to_pybytes()
+    if isinstance(table, pa.RecordBatch):  # what jobs usually return: one batch
+        return b"".join((schema_bytes, table.serialize()))
+    return b"".join([schema_bytes, *(b.serialize() for b in table.to_batches())])
+
+
+def _encode_large(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
+    if _schema_info(table.schema)[2]:
+        return _encode_with_dictionaries(table)
+    return _encode_into_buffer(table)
+
+
 def encode_table(table: pa.Table | pa.RecordBatch) -> bytes:
-    """One self-contained Arrow IPC stream: the schema message, then every record batch."""
+    """One self-contained Arrow IPC stream: the schema message, (dictionaries,) every batch."""
     if table.get_total_buffer_size() > ONE_COPY_ABOVE:
-        return _encode_into_buffer(table).to_pybytes()
-    return b"".join([_schema_bytes(table.schema), *(b.serialize() for b in _batches(table))])
+        return _encode_large(table).to_pybytes()
+    return _encode_small(table)
 
 
 def encode_table_view(table: pa.Table | pa.RecordBatch) -> bytes | memoryview:
@@ -68,8 +110,8 @@ def encode_table_view(table: pa.Table | pa.RecordBatch) -> bytes | memoryview:
     more before ZeroMQ takes it without copying.
     """
     if table.get_total_buffer_size() > ONE_COPY_ABOVE:
-        return memoryview(_encode_into_buffer(table))
-    return b"".join([_schema_bytes(table.schema), *(b.serialize() for b in _batches(table))])
+        return memoryview(_encode_large(table))
+    return _encode_small(table)
 
 
 def decode_table(payload: bytes | memoryview) -> pa.Table:

@@ -6,7 +6,7 @@ One broker address names four endpoints, so users pass one value (`--broker`, `D
     tcp://HOST:PORT    ->  PORT (in)  PORT+1 (out)  PORT+2 (mon)  PORT+3 (ctl)
 
 `in` takes what sources publish (XSUB); `out` serves lossless consumers (XPUB, no drop: a slow
-store slows the source); `mon` serves monitors (PUB fed by the proxy's capture: drops, never
+store slows the source); `mon` serves monitors (fed by the proxy's capture: drops, never
 stalls anyone); `ctl` answers questions about the broker (REP: subscriptions, counters).
 """
 
@@ -262,6 +262,7 @@ class Subscriber:
         for prefix in self.prefixes:
             self._sock.subscribe(prefix)
         self.undecodable = 0
+        self._timeout_ms = -1  # the socket's RCVTIMEO, set by recv() when its timeout changes
 
     @property
     def socket(self) -> zmq.Socket:
@@ -270,14 +271,14 @@ class Subscriber:
     def recv(self, timeout: float | None = None) -> Envelope | None:
         """The next envelope, or None after `timeout` seconds. Undecodable ones are counted."""
         sock = self._sock
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        if ms != self._timeout_ms:  # the wait happens inside libzmq: no Poller per message
+            sock.rcvtimeo = self._timeout_ms = ms
         while True:
-            try:  # a busy stream has a message waiting: no poll
-                parts = _recv_parts(sock, _NOBLOCK)
+            try:
+                parts = _recv_parts(sock)
             except zmq.Again:
-                if timeout is None or sock.poll(int(timeout * 1000), zmq.POLLIN):
-                    parts = _recv_parts(sock)
-                else:
-                    return None
+                return None
             try:
                 return Envelope.from_frames([parts[0].bytes, *(p.buffer for p in parts[1:])])
             except EnvelopeError:
