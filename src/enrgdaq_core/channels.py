@@ -68,6 +68,8 @@ class BrokerOutput:
             raise ConnectionError(
                 f"no broker at {address.inbound} after {wait:g} s (start one with `daq broker`)"
             )
+        self._broker_start: float | None = None
+        self.broker_restarted = False
         self._baseline = self._broker_counts() or {}
 
     def _broker_counts(self) -> dict[str, int] | None:
@@ -75,9 +77,15 @@ class BrokerOutput:
 
         try:
             timeout = min(2.0, max(0.2, self.drain_timeout))
-            topics = query(self.address, "counters", timeout=timeout)["topics"]
-        except (TimeoutError, KeyError, TypeError):
+            snap = query(self.address, "counters", timeout=timeout)
+            topics = snap["topics"]
+            start = time.time() - float(snap.get("uptime_s", 0.0))
+        except (TimeoutError, KeyError, TypeError, ValueError):
             return None
+        if self._broker_start is None:
+            self._broker_start = start
+        elif abs(start - self._broker_start) > 0.2:  # no broker restarts that fast
+            self.broker_restarted = True
         return {t: int(v[0]) for t, v in topics.items()}
 
     def send(self, env: Envelope) -> None:
@@ -92,6 +100,10 @@ class BrokerOutput:
         counts = self._broker_counts()
         if counts is None:
             return sum(self.sent.values())
+        if self.broker_restarted:
+            # A restarted broker counts from zero, so nothing can be confirmed against it:
+            # what the old one lost shows as a sequence gap at the stores; close with linger.
+            return 0
         return sum(
             max(0, self._baseline.get(t, 0) + n - counts.get(t, 0)) for t, n in self.sent.items()
         )

@@ -53,6 +53,9 @@ def install_signal_handlers(flag: StopFlag) -> None:
     _watch_parent(flag)
 
 
+ORPHAN_GRACE_SECONDS = 10.0  # after the supervisor died, the longest a clean stop may take
+
+
 def _watch_parent(flag: StopFlag) -> None:
     """Stop when the supervisor that started us is gone (a kill -9 must leave no orphans)."""
     parent = os.environ.get("DAQ_PARENT_PID")
@@ -71,6 +74,13 @@ def _watch_parent(flag: StopFlag) -> None:
         while not flag.wait(1.0):
             if os.getppid() != pid:
                 flag.set(signal.SIGTERM)
+        # Stopping. If the supervisor is gone, the clean stop may hang (waiting for a broker
+        # that died with it): give it time, then go anyway, so nothing runs on forever.
+        # (Checked after the wait: right at the parent's death, getppid() may lag.)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        if os.getppid() != pid:
+            log.warning("supervisor gone and the clean stop did not finish: exiting now")
+            os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
