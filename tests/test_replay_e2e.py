@@ -435,3 +435,12 @@ def test_cut_to_a_new_run_file_and_build_index(procs: Procs, tmp_path: Path) -> 
     p = procs.run("replay", "--build-index", str(path))
     assert p.returncode == 0 and b"indexed 200 records" in p.stderr
     assert open_part(path).index.complete  # type: ignore[union-attr]
+
+
+def test_progress_bar_on_request(procs: Procs, tmp_path: Path) -> None:
+    path = tmp_path / "r.raw"
+    _run_file(path, 50, 1)
+    p = procs.run("replay", str(path), "-o", "-", "--progress")
+    assert p.returncode == 0 and len(stream_of(p.stdout)) == 50
+    err = p.stderr.decode()
+    assert "replay" in err and "50 msgs" in err and "msg/s" in err

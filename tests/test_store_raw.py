@@ -228,3 +228,52 @@ def test_bad_snapshot_path_is_a_config_error(procs: Procs, tmp_path: Path) -> No
     p = procs.run("store", "raw", "-i", "-", "-O", "snapshot=nowhere/", input=b"")
     assert p.returncode == 2
     assert b"snapshot" in p.stderr and b"nowhere" in p.stderr and b"Traceback" not in p.stderr
+
+
+class _ListInput:
+    damage = None
+
+    def __init__(self, envs: list[Envelope]) -> None:
+        self.envs = list(envs)
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        from enrgdaq_core.channels import EndOfInput
+
+        if not self.envs:
+            raise EndOfInput
+        return self.envs.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_shared_file_rotates_as_one_and_keeps_arrival_order(tmp_path: Path) -> None:
+    """Two sources in one rotating file (in-process runner): every part holds both, and the
+    parts in order give back the exact arrival order."""
+    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.stores.options import build_backend
+    from enrgdaq_core.stores.runner import StoreRunner
+
+    a = Source("a", run=9, store={"raw": {"file_path": "shared{run}.raw", "rotate_mb": 0.01}})
+    b = Source("b", run=9, store={"raw": {"file_path": "shared{run}.raw", "rotate_mb": 0.01}})
+    envs = []
+    for i in range(120):
+        src = a if i % 3 else b
+        envs.append(src.raw(bytes([i]) * 200))
+    envs += [a.end_of_stream(), b.end_of_stream()]
+    backend, overrides = build_backend("raw", flags={"out_dir": str(tmp_path)})
+    runner = StoreRunner(backend, name="t", settings_override=overrides)
+    result = runner.run(_ListInput(envs), StopFlag())
+    assert result.failed_rows == 0
+    parts = sorted((open_part(p) for p in tmp_path.glob("shared*.raw")), key=lambda p: p.part)
+    assert len(parts) >= 3
+    assert [p.part for p in parts] == list(range(len(parts)))
+    assert all(p.run == 9 and p.index is not None and p.index.complete for p in parts)
+    assert len({p.meta["run_start_ns"] for p in parts}) == 1
+    got = [e for p in parts for e in records(p.path)]
+    assert [(e.header.source, e.header.seq) for e in got] == [
+        (e.header.source, e.header.seq) for e in envs
+    ]
+    for p in parts[:-1]:
+        assert {e.header.source for e in records(p.path)} == {"a", "b"}
+        assert p.size < 0.01e6 + 2 * 400  # closed once over the limit, not long after
