@@ -136,7 +136,13 @@ class Supervisor:
             self.run_number,
         )
         self._snapshot()
+        # The stores connect while the broker binds (ZMQ connects before a bind are fine):
+        # their subscriptions arrive as soon as it listens. Sources wait for those.
         self._start(self.broker)
+        self._feed = StatsFeed(self.plan.address, self.monitor, topics=("stats.",))
+        self._poller.register(self._feed.socket, zmq.POLLIN)
+        for child in self.stores:
+            self._start(child)
         deadline = time.monotonic() + BROKER_READY_TIMEOUT
         while not self.signals and not self.broker_ready_at:
             if time.monotonic() > deadline:
@@ -145,12 +151,6 @@ class Supervisor:
                     f"(see {self.broker.log.path})"
                 )
             self._step(0.05)
-        if self.signals:
-            return
-        self._feed = StatsFeed(self.plan.address, self.monitor, topics=("stats.",))
-        self._poller.register(self._feed.socket, zmq.POLLIN)
-        for child in self.stores:
-            self._start(child)
         self.gate_since = time.monotonic()
         self.phase = "running"
 
