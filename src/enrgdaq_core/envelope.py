@@ -96,14 +96,24 @@ def topic_frame(topic: str) -> bytes:
     return topic.encode() + TOPIC_END
 
 
+_parsed_topics: dict[bytes, str] = {}  # a consumer sees a few topics, each many times
+
+
 def parse_topic(frame: bytes | memoryview) -> str:
     raw = bytes(frame)
+    topic = _parsed_topics.get(raw)
+    if topic is not None:
+        return topic
     if not raw.endswith(TOPIC_END):
         raise EnvelopeError(f"topic frame {raw[:40]!r} lacks its terminator")
     try:
-        return raw[:-1].decode()
+        topic = raw[:-1].decode()
     except UnicodeDecodeError:
         raise EnvelopeError(f"topic frame {raw[:40]!r} is not UTF-8") from None
+    if len(_parsed_topics) >= 4096:
+        _parsed_topics.clear()
+    _parsed_topics[raw] = topic
+    return topic
 
 
 def subscription(pattern: str) -> bytes:

@@ -280,7 +280,9 @@ class Subscriber:
             except zmq.Again:
                 return None
             try:
-                return Envelope.from_frames([parts[0].bytes, *(p.buffer for p in parts[1:])])
+                if len(parts) == 3:
+                    return Envelope.from_frames((parts[0].bytes, parts[1].buffer, parts[2].buffer))
+                return Envelope.from_frames([p.buffer for p in parts])  # raises: wrong count
             except EnvelopeError:
                 self.undecodable += 1
 
