@@ -47,6 +47,8 @@ class Processes:
             p for p in (str(HERE), self.env.get("PYTHONPATH", "")) if p
         )
         self.started: list[subprocess.Popen] = []
+        self.broker_pid = 0
+        self.proxy_pid = 0
 
     def start(self, args: Sequence[str], *, stdout: Any = subprocess.DEVNULL) -> subprocess.Popen:
         p = subprocess.Popen(
@@ -116,6 +118,7 @@ def start_broker(procs: Processes) -> Any:
 
     addr = BrokerAddress.parse(f"ipc://{procs.workdir}/broker")
     p = procs.start([*DAQ, "broker", "--broker", addr.base])
+    procs.broker_pid = p.pid
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if p.poll() is not None:
@@ -128,11 +131,19 @@ def start_broker(procs: Processes) -> Any:
     raise BenchError("daq broker did not answer in 30 s")
 
 
+def bare_address(procs: Processes) -> Any:
+    """The bare proxy as a broker address (`ipc://DIR/raw` -> raw.in, raw.out), for our pieces."""
+    from enrgdaq_core.transport import BrokerAddress
+
+    return BrokerAddress.parse(f"ipc://{procs.workdir}/raw")
+
+
 def start_raw_proxy(procs: Processes) -> tuple[str, str]:
     """The baseline's bare zmq.proxy process; returns its (in, out) endpoints once bound."""
     inbound = f"ipc://{procs.workdir}/raw.in"
     outbound = f"ipc://{procs.workdir}/raw.out"
     p = procs.start([*PEERS, "proxy", inbound, outbound], stdout=subprocess.PIPE)
+    procs.proxy_pid = p.pid
     assert p.stdout is not None
     line = p.stdout.readline()
     if b"ready" not in line:
@@ -159,6 +170,7 @@ class Received:
     last: float = 0.0
     lost: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -171,6 +183,42 @@ class Received:
         return self.payload_bytes * (self.messages - 1) / self.messages / (self.last - self.first)
 
 
+class CpuProbe:
+    """CPU time of the producer, the hub and this receiver between two points of a run.
+
+    Sampled at 10% and 90% of the messages, so start-up and shutdown are left out; divided by
+    the messages in between: where each message's CPU goes (all threads of each process).
+    """
+
+    def __init__(self, count: int, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.marks = (count // 10, count - count // 10)
+        self.procs = {k: psutil.Process(pid) for k, pid in pids.items()}
+        self.start: dict[str, float] = {}
+        self.result: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for key, proc in self.procs.items():
+            try:
+                t = proc.cpu_times()
+                out[key] = t.user + t.system
+            except Exception:  # the process already ended: no figure
+                out[key] = float("nan")
+        t = os.times()
+        out["receiver"] = t.user + t.system
+        return out
+
+    def at(self, index: int) -> None:
+        if index == self.marks[0]:
+            self.start = self._now()
+        elif index == self.marks[1] and self.start:
+            end = self._now()
+            n = self.marks[1] - self.marks[0]
+            self.result = {k: (end[k] - self.start[k]) / n * 1e6 for k in end}
+
+
 def run_ours(
     procs: Processes,
     addr: Any,
@@ -179,8 +227,15 @@ def run_ours(
     count: int,
     interval: float = 0.0,
     timeout: float = 60.0,
+    *,
+    bare: bool = False,
 ) -> Received:
-    """`daq job run` -> `daq broker` -> Subscriber; every sequence number must arrive."""
+    """`daq job run` -> `daq broker` -> Subscriber; every sequence number must arrive.
+
+    With `bare`, the same job and Subscriber meet through the baseline's bare proxy instead of
+    `daq broker` (`addr` names it): what the broker's counting side path costs, apart from
+    our Python at both ends.
+    """
     from enrgdaq_core.broker import wait_for_subscriptions
     from enrgdaq_core.envelope import Kind, data_topic
     from enrgdaq_core.stats import SequenceTracker
@@ -189,7 +244,9 @@ def run_ours(
     topic = data_topic(name)
     sub = Subscriber(addr, [topic])
     try:
-        if not wait_for_subscriptions(addr, [topic], timeout=10):
+        # The bare proxy has no control endpoint; there the job's own wait for a subscription
+        # (its XPUB sees ours through the proxy) guards against the slow joiner.
+        if not bare and not wait_for_subscriptions(addr, [topic], timeout=10):
             raise BenchError("the broker never saw our subscription")
         cfg = write_job_config(procs, name, shape, interval)
         job = procs.start(
@@ -198,6 +255,8 @@ def run_ours(
         )
         tracker = SequenceTracker()
         got = Received()
+        hub = procs.proxy_pid if bare else procs.broker_pid
+        probe = CpuProbe(count, {"producer": job.pid, "hub": hub})
         lat = got.latencies_ns
         perf = time.perf_counter
         now_ns = time.time_ns
@@ -218,7 +277,14 @@ def run_ours(
             got.messages += 1
             got.payload_bytes += len(env.payload)
             got.last = t
-        procs.finish(job, f"daq job run {name}")
+            probe.at(got.messages)
+        if bare:
+            # All arrived (end-of-stream included), but the job's exit check asks the broker's
+            # control endpoint, which the bare proxy does not have: it would wait, then fail.
+            procs.kill(job)
+        else:
+            procs.finish(job, f"daq job run {name}")
+        got.cpu_us_per_msg = probe.result
     finally:
         sub.close()
     got.lost = tracker.total_lost
@@ -244,6 +310,7 @@ def run_raw(
     sock = ctx.socket(zmq.SUB)
     sock.rcvhwm = 1000
     sock.linger = 0
+    sock.rcvtimeo = int(timeout * 1000)
     sock.connect(outbound)
     sock.subscribe(topic)
     copy = payload_size < 65536
@@ -266,14 +333,15 @@ def run_raw(
             ]
         )
         got = Received()
+        probe = CpuProbe(count, {"producer": pub.pid, "hub": procs.proxy_pid})
         lat = got.latencies_ns
         perf = time.perf_counter
         now_ns = time.time_ns
-        ms = int(timeout * 1000)
         while got.messages < count:
-            if not sock.poll(ms):
-                raise BenchError(f"raw: nothing for {timeout:g} s after {got.messages}")
-            frames = sock.recv_multipart(copy=copy)
+            try:  # the idiomatic pyzmq loop: blocking receive, RCVTIMEO as the timeout
+                frames = sock.recv_multipart(copy=copy)
+            except zmq.Again:
+                raise BenchError(f"raw: nothing for {timeout:g} s after {got.messages}") from None
             t = perf()
             t_ns = now_ns()
             lat.append(t_ns - int.from_bytes(bytes(frames[1])[:8], "little", signed=True))
@@ -282,7 +350,9 @@ def run_raw(
             got.messages += 1
             got.payload_bytes += len(frames[2])
             got.last = t
+            probe.at(got.messages)
         procs.finish(pub, f"raw publisher {name}")
+        got.cpu_us_per_msg = probe.result
     finally:
         sock.close()
     return got
