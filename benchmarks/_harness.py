@@ -171,6 +171,7 @@ class Received:
     lost: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -197,6 +198,7 @@ class CpuProbe:
         self.procs = {k: psutil.Process(pid) for k, pid in pids.items()}
         self.start: dict[str, float] = {}
         self.result: dict[str, float] = {}
+        self.rss_mb: dict[str, float] = {}  # resident memory at the second mark
 
     def _now(self) -> dict[str, float]:
         out = {}
@@ -217,6 +219,11 @@ class CpuProbe:
             end = self._now()
             n = self.marks[1] - self.marks[0]
             self.result = {k: (end[k] - self.start[k]) / n * 1e6 for k in end}
+            for key, proc in self.procs.items():
+                try:
+                    self.rss_mb[key] = proc.memory_info().rss / 1e6
+                except Exception:
+                    self.rss_mb[key] = float("nan")
 
 
 def run_ours(
@@ -285,6 +292,7 @@ def run_ours(
         else:
             procs.finish(job, f"daq job run {name}")
         got.cpu_us_per_msg = probe.result
+        got.rss_mb = probe.rss_mb
     finally:
         sub.close()
     got.lost = tracker.total_lost
@@ -353,6 +361,7 @@ def run_raw(
             probe.at(got.messages)
         procs.finish(pub, f"raw publisher {name}")
         got.cpu_us_per_msg = probe.result
+        got.rss_mb = probe.rss_mb
     finally:
         sock.close()
     return got

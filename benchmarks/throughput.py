@@ -59,6 +59,7 @@ def run(reps: int = 5, quick: bool = False) -> dict[str, Any]:
                             "msgs_per_s": got.rate,
                             "mb_per_s": got.mb_per_s / 1e6,
                             "cpu_us_per_msg": got.cpu_us_per_msg,
+                            "rss_mb": got.rss_mb,
                         }
                     )
                     print(
@@ -121,6 +122,20 @@ def run(reps: int = 5, quick: bool = False) -> dict[str, Any]:
         "CPU per message (us, all threads of each process; hub = daq broker or bare proxy)",
         ["", "producer", "hub", "receiver", "total"],
         cpu_rows,
+    )
+    rss_rows = []
+    for shape in counts:
+        for impl in IMPLS:
+            rss = {
+                k: median([r["rss_mb"].get(k, float("nan")) for r in runs[shape][impl]])
+                for k in ("producer", "hub")
+            }
+            summary[shape][f"{impl}_rss_mb"] = rss
+            rss_rows.append([f"{shape} {impl}", *rss.values()])
+    print_table(
+        "resident memory late in a run (MB): queues fill to their high-water marks",
+        ["", "producer", "hub"],
+        rss_rows,
     )
     met = summary["small"]["ratio"] >= TARGET_SMALL_RATIO
     print(
