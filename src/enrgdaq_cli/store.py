@@ -17,6 +17,7 @@ redis or raw.
 Where data goes comes from the source's [store_config.BACKEND] settings in each message;
 -o (a file, a table, a key) and -O KEY=VALUE override them. Rows are written in batches
 (--flush-rows / --flush-seconds); Ctrl-C, SIGTERM and end-of-stream flush and close.
+File names, layouts and crash behaviour per backend: docs/stores.md.
 
 Examples:
 
@@ -25,6 +26,8 @@ Examples:
   daq job run sensor.toml -o - | daq store hdf5 -o sensor.h5
 
   daq replay run42.raw | daq store root -O compression_level=9
+
+  daq store csv --from data.sensor1 -O use_zstd=true -O rotate=1h -O add_date=true
 
   daq store mysql --from data. -O host=127.0.0.1 -O database=test --table readings
 

@@ -165,10 +165,12 @@ class CSVWriter(Writer):
         self._header = self._size == 0
 
     def write(self, table: pa.Table) -> None:
-        buf = io.BytesIO()
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()  # the whole write in memory, then one write() call
         options = self._pacsv.WriteOptions(include_header=self._header)
-        self._pacsv.write_csv(csv_table(table).combine_chunks(), buf, options)
-        data = buf.getvalue()
+        self._pacsv.write_csv(csv_table(table), sink, options)
+        data: Any = memoryview(sink.getvalue())
         if self.compression == "zstd":
             data = self._zstd.compress(data)
         elif self.compression == "gzip":

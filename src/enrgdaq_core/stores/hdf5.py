@@ -92,8 +92,8 @@ class _H5File:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = self._open("w" if create else "a")
         self.owners: dict[str, str] = {}  # group name -> the source writing it
-        self.swmr = False
-        self._enable_swmr()
+        self.swmr = False  # entered at the first flush, once the first groups exist
+        self._swmr_refused = False
 
     def claim(self, group: str, source: str) -> str:
         """The group name for `source`: two sources never write into one group."""
@@ -109,12 +109,14 @@ class _H5File:
         )
 
     def _enable_swmr(self) -> None:
+        if self._swmr_refused:
+            return
         try:
             self.file.swmr_mode = True
             self.swmr = True
         except (ValueError, OSError, RuntimeError) as exc:  # an old-format file
             log.info("%s: SWMR not available (%s); readers wait for each flush", self.path, exc)
-            self.swmr = False
+            self._swmr_refused = True
 
     def writable(self) -> Any:
         """The file, ready to create groups and datasets (SWMR mode is left for that)."""
@@ -126,13 +128,11 @@ class _H5File:
             self.generation += 1
         return self.file
 
-    def settle(self) -> None:
-        """Back to SWMR mode after creating objects."""
+    def flush(self) -> None:
+        """Flush, in SWMR mode (entered here, after objects were created)."""
         if not self.swmr:
             self.file.flush()
             self._enable_swmr()
-
-    def flush(self) -> None:
         self.file.flush()
 
     def size(self) -> int:
@@ -187,42 +187,39 @@ class HDF5Writer(Writer):
     def _create(self, name: str, signature: str, batch_rows: int) -> None:
         h5py = self.handle._h5py
         f = self.handle.writable()
-        try:
-            group = f.create_group(name, track_order=True)
-            group.attrs["arrow_schema"] = signature
-            group.attrs["source"] = self.base
-            group.attrs["rows"] = np.int64(0)
-            for plan in self.plans:
-                rows = chunk_rows(plan, batch_rows)
-                if plan.kind == "fixed":
-                    shape, maxshape, chunks = (
-                        (0, plan.width),
-                        (None, plan.width),
-                        (rows, plan.width),
-                    )
-                    dtype: Any = plan.dtype
-                else:
-                    shape, maxshape, chunks = (0,), (None,), (rows,)
-                    if plan.kind == "string":
-                        dtype = h5py.string_dtype("utf-8")
-                    elif plan.kind == "jagged":
-                        dtype = h5py.vlen_dtype(plan.dtype)
-                    else:
-                        dtype = plan.dtype
-                ds = group.create_dataset(
-                    _dataset_name(plan.name),
-                    shape=shape,
-                    maxshape=maxshape,
-                    chunks=chunks,
-                    dtype=dtype,
-                    compression=self.compression,
-                    shuffle=self.compression is not None and plan.kind in ("scalar", "fixed"),
+        group = f.create_group(name, track_order=True)
+        group.attrs["arrow_schema"] = signature
+        group.attrs["source"] = self.base
+        group.attrs["rows"] = np.int64(0)
+        for plan in self.plans:
+            rows = chunk_rows(plan, batch_rows)
+            if plan.kind == "fixed":
+                shape, maxshape, chunks = (
+                    (0, plan.width),
+                    (None, plan.width),
+                    (rows, plan.width),
                 )
-                ds.attrs["arrow_type"] = plan.arrow_type
-                if plan.units:
-                    ds.attrs["units"] = plan.units
-        finally:
-            self.handle.settle()
+                dtype: Any = plan.dtype
+            else:
+                shape, maxshape, chunks = (0,), (None,), (rows,)
+                if plan.kind == "string":
+                    dtype = h5py.string_dtype("utf-8")
+                elif plan.kind == "jagged":
+                    dtype = h5py.vlen_dtype(plan.dtype)
+                else:
+                    dtype = plan.dtype
+            ds = group.create_dataset(
+                _dataset_name(plan.name),
+                shape=shape,
+                maxshape=maxshape,
+                chunks=chunks,
+                dtype=dtype,
+                compression=self.compression,
+                shuffle=self.compression is not None and plan.kind in ("scalar", "fixed"),
+            )
+            ds.attrs["arrow_type"] = plan.arrow_type
+            if plan.units:
+                ds.attrs["units"] = plan.units
 
     def _handles(self) -> list[Any]:
         if self._generation != self.handle.generation:

@@ -321,7 +321,6 @@ class StoreRunner:
         slot.rows += rows
         slot.nbytes += env.nbytes
         slot.last = (env.header.epoch, env.header.seq)
-        self.meter.queue = self.pending_rows
         if slot.rows >= slot.flush_rows or slot.nbytes >= slot.flush_bytes:
             self._flush(slot)
 
@@ -342,6 +341,17 @@ class StoreRunner:
     @property
     def pending_bytes(self) -> int:
         return sum(s.nbytes for s in self._all_slots())
+
+    def _over_limit(self) -> bool:
+        """Whether the buffered rows reached max_pending_rows / max_pending_mb (one pass)."""
+        rows = nbytes = 0
+        for s in self._slots.values():
+            rows += s.rows
+            nbytes += s.nbytes
+        for s in self._retiring:
+            rows += s.rows
+            nbytes += s.nbytes
+        return rows >= self.max_pending or nbytes >= self.max_pending_bytes
 
     def _flush(self, slot: _Slot, *, force: bool = False) -> bool:
         """Write the slot's buffer; False if the backend failed (rows kept for a retry)."""
@@ -383,7 +393,6 @@ class StoreRunner:
         self.last_flush_ms = (time.perf_counter() - t0) * 1e3
         self.max_flush_ms = max(self.max_flush_ms, self.last_flush_ms)
         self._maybe_rotate(slot)
-        self.meter.queue = self.pending_rows
         return True
 
     def _open(self, slot: _Slot, schema: pa.Schema | None) -> Writer:
@@ -520,6 +529,7 @@ class StoreRunner:
 
     def report(self, *, final: bool = False) -> None:
         m = self.meter
+        m.queue = self.pending_rows
         m.extra = {
             "files": list(self.files[-20:]),
             "files_opened": self.files_opened,
@@ -558,10 +568,7 @@ class StoreRunner:
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                if (
-                    self.pending_rows >= self.max_pending
-                    or self.pending_bytes >= self.max_pending_bytes
-                ):
+                if self._over_limit():
                     self.tick()  # backpressure: do not read until the backend takes rows
                     stop.wait(0.05)
                 else:
