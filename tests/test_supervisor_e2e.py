@@ -269,3 +269,54 @@ def test_kill_9_of_the_supervisor_leaves_no_orphans(
     # they stopped cleanly: the stores flushed what they had, the files read back
     assert csv_rows(u.out.glob("sensor1*.csv")) > 0
     assert any(e.kind is Kind.TABLE for e in raw_records(u.out.glob("sensor1*.raw")))
+
+
+def test_second_ctrl_c_forces(
+    procs: Procs, runtime_dir: Path, config_dir: Path, up: list[Up]
+) -> None:
+    u = _start(up, procs, config_dir, runtime_dir)
+    u.wait_flowing()
+    u.track()
+    u.p.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopping: sources" in u.output(), 10, what="the ordered stop to begin")
+    assert u.stop(signal.SIGINT) == 1
+    assert "forced stop" in u.output()
+    u.assert_no_orphans()
+
+
+def test_live_table_on_a_terminal(procs: Procs, runtime_dir: Path, config_dir: Path) -> None:
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    p = procs.start("up", str(config_dir), stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for(
+            lambda: b"running" in b"".join(chunks) and b"store-csv" in b"".join(chunks),
+            60,
+            what="the live table",
+        )
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert "piece" in text and "sensor1" in text and "stopped" in text
+    assert "sensor1 | " not in text  # child lines go to the log files, not over the table
+    assert "INFO" in text  # the latest supervisor events under the table

@@ -80,20 +80,26 @@ def _fmt_age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def status_table(status: dict[str, Any]) -> Any:
-    """The status of a `daq up` as a rich table (also the live view of `daq up`)."""
+def status_table(status: dict[str, Any], width: int = 80) -> Any:
+    """The status of a `daq up` as a rich table (also the live view of `daq up`).
+
+    Fits 80 columns; rows written and the last exit are added on wider terminals.
+    """
     from rich import box
     from rich.table import Table
 
     from enrgdaq_core.render import compact
 
+    wide = width >= 110
     run = status.get("run") or {}
     title = (
         f"{status.get('node', '')}  run {run.get('run', '-')}  {status.get('phase', '')}  "
         f"broker {status.get('broker', '')}"
     )
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, justify in (
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1)
+    )
+    columns = [
         ("piece", "left"),
         ("state", "left"),
         ("pid", "right"),
@@ -101,19 +107,20 @@ def status_table(status: dict[str, Any]) -> Any:
         ("rst", "right"),
         ("in/s", "right"),
         ("out/s", "right"),
-        ("rows out", "right"),
         ("lost", "right"),
         ("p99ms", "right"),
         ("beat", "right"),
-        ("last exit", "left"),
-    ):
+    ]
+    if wide:
+        columns += [("rows", "right"), ("last exit", "left")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     styles = {"running": "green", "backoff": "yellow", "failed": "bold red", "stopping": "yellow"}
     for p in status.get("pieces", []):
         r = p.get("report") or {}
         state = p.get("state", "")
         lost = int(r.get("lost", 0) or 0)
-        table.add_row(
+        cells = [
             p["name"],
             f"[{styles.get(state, 'dim')}]{state}[/]",
             str(p.get("pid") or "-"),
@@ -121,12 +128,13 @@ def status_table(status: dict[str, Any]) -> Any:
             str(p.get("restarts", 0)),
             compact(r.get("rate_in")),
             compact(r.get("rate_out")),
-            compact(r.get("rows_out")),
             f"[bold red]{lost}[/]" if lost else "0",
             compact(r.get("latency_p99_ms")),
             _fmt_age(p.get("heartbeat_age_s")),
-            p.get("last_exit", ""),
-        )
+        ]
+        if wide:
+            cells += [compact(r.get("rows_out")), p.get("last_exit", "")]
+        table.add_row(*cells)
     return table
 
 
@@ -147,7 +155,8 @@ def status(
         return
     from rich.console import Console
 
-    Console().print(status_table(answer))
+    console = Console()
+    console.print(status_table(answer, console.width))
 
 
 def _piece_command(

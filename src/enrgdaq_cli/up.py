@@ -139,7 +139,8 @@ def up(
         display = Live(auto_refresh=False, transient=False, redirect_stderr=False)
 
         def on_tick(sup: Supervisor) -> None:
-            body = Group(status_table(sup.status()), Text("\n".join(recent), style="dim"))
+            table = status_table(sup.status(), display.console.width)
+            body = Group(table, Text("\n".join(recent), style="dim", overflow="ellipsis"))
             display.update(body, refresh=True)
 
     sup = Supervisor(plan, console=console if live else _plain_console, on_tick=on_tick)

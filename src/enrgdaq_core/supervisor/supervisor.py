@@ -345,6 +345,9 @@ class Supervisor:
         while any(c.alive for c in group):
             if self.signals >= 2 and not self.forced:
                 self._force()
+            if self.signals >= 3:
+                for c in self.children.values():
+                    c.kill("stop")
             if time.monotonic() > deadline:
                 for c in group:
                     if c.alive:
