@@ -119,6 +119,12 @@ def test_start_in_order_and_stop_in_order_losing_nothing(
 
     meta = open_part(next(out.glob("sensor1*.raw"))).meta
     assert meta["config"]["files"]["sensor.toml"] == SENSOR
+    import csv
+
+    with open(out / "stats_remote.csv", newline="") as f:
+        (node,) = list(csv.DictReader(f))
+    assert node["supervisor"] == st["node"] and node["is_alive"] == "false"
+    assert int(node["message_out_count"]) >= sent["sensor1"] + sent["test"]
     for name in ("broker", "store-csv", "store-raw", "sensor1", "test", "supervisor"):
         assert (out / "logs" / f"{name}.log").stat().st_size > 0
 

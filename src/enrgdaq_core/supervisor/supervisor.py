@@ -31,7 +31,9 @@ import zmq
 
 from enrgdaq_core.broker import query
 from enrgdaq_core.config import ConfigError
+from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.monitor import Monitor, StatsFeed
+from enrgdaq_core.stats import ProcessSampler, StatsReport
 from enrgdaq_core.supervisor.control import COMMANDS, ControlServer
 from enrgdaq_core.supervisor.plan import Plan
 from enrgdaq_core.supervisor.process import Child, LineSink
@@ -43,6 +45,7 @@ from enrgdaq_core.supervisor.statsfiles import (
     stats_row,
     write_csv,
 )
+from enrgdaq_core.transport import TelemetryPublisher
 
 log = logging.getLogger("enrgdaq.supervisor")
 
@@ -98,6 +101,10 @@ class Supervisor:
         self._poller = zmq.Poller()
         self._next_stats = 0.0
         self._next_tick = 0.0
+        self._next_report = 0.0
+        self._telemetry: TelemetryPublisher | None = None
+        self._stats_source = Source("supervisor", topic="stats.supervisor")
+        self._sampler = ProcessSampler()
         self._deferred: Callable[[], dict[str, Any] | None] | None = None
         self._snapshot_dir: Path | None = None
 
@@ -141,6 +148,7 @@ class Supervisor:
         self._start(self.broker)
         self._feed = StatsFeed(self.plan.address, self.monitor, topics=("stats.",))
         self._poller.register(self._feed.socket, zmq.POLLIN)
+        self._telemetry = TelemetryPublisher(self.plan.address)
         for child in self.stores:
             self._start(child)
         deadline = time.monotonic() + BROKER_READY_TIMEOUT
@@ -202,6 +210,9 @@ class Supervisor:
         if now >= self._next_stats:
             self._next_stats = now + self.plan.config.stats.interval
             self.write_stats_files()
+        if self._telemetry is not None and now >= self._next_report:
+            self._next_report = now + 1.0
+            self._report()
         if self.on_tick is not None and now >= self._next_tick:
             self._next_tick = now + self.tick_interval
             self.on_tick(self)
@@ -244,6 +255,27 @@ class Supervisor:
             child.state = "exited" if code == 0 else "failed"
             child.wanted = False
             log.warning("%s: %s; not restarted (restart = %r)", child.name, how, child.spec.restart)
+
+    def _report(self) -> None:
+        """Our own heartbeat on stats.supervisor: `daq stats` shows the supervisor too."""
+        assert self._telemetry is not None
+        report = StatsReport(
+            piece="supervisor",
+            role="supervisor",
+            node=self.plan.node,
+            restarts=sum(c.restarts for c in self.children.values()),
+            extra={
+                "phase": self.phase,
+                "run": self.run_number,
+                "children": {
+                    c.name: {"state": c.state, "pid": c.pid, "restarts": c.restarts}
+                    for c in self.children.values()
+                },
+            },
+            **self._sampler.sample(),
+        )
+        src = self._stats_source
+        self._telemetry.send(src.control(Kind.STATS, src.topic, report))
 
     def _check_heartbeat(self, child: Child, now: float) -> None:
         settings = self.plan.config.restart
@@ -398,6 +430,8 @@ class Supervisor:
             child.close()
         if self._feed is not None:
             self._feed.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
         if self._control is not None:
             self._control.close()
 
@@ -458,6 +492,8 @@ class Supervisor:
                     if view.node == self.plan.node and view.piece in ours:
                         continue
                     fresh = view.status(now) not in ("stale", "stopped")
+                    if view.node == self.plan.node and view.piece == "supervisor":
+                        fresh = self.phase != "stopped"  # that is us
                     seen.append((view.node, msgspec.to_builtins(view.report), fresh))
                 if not seen:
                     seen.append((self.plan.node, {}, self.phase != "stopped"))
