@@ -30,6 +30,7 @@ COLUMN_TYPES: dict[str, tuple[pa.DataType, st.SearchStrategy[Any]]] = {
     "bool": (pa.bool_(), st.booleans()),
     "string": (pa.string(), st.text(max_size=20)),
     "binary": (pa.binary(), st.binary(max_size=20)),
+    "category": (pa.dictionary(pa.int32(), pa.string()), st.sampled_from(["on", "off", "fault"])),
     "ts_ns": (pa.timestamp("ns"), st.integers(*_INT64)),
     "ts_ns_utc": (pa.timestamp("ns", tz="UTC"), st.integers(*_INT64)),
     "ts_ns_zurich": (pa.timestamp("ns", tz="Europe/Zurich"), st.integers(*_INT64)),
