@@ -204,6 +204,8 @@ class CpuProbe:
         out = {}
         for key, proc in self.procs.items():
             try:
+                if proc.status() == "zombie":  # ended, not yet reaped: its figures are gone
+                    raise ProcessLookupError
                 t = proc.cpu_times()
                 out[key] = t.user + t.system
             except Exception:  # the process already ended: no figure
@@ -221,6 +223,8 @@ class CpuProbe:
             self.result = {k: (end[k] - self.start[k]) / n * 1e6 for k in end}
             for key, proc in self.procs.items():
                 try:
+                    if proc.status() == "zombie":
+                        raise ProcessLookupError
                     self.rss_mb[key] = proc.memory_info().rss / 1e6
                 except Exception:
                     self.rss_mb[key] = float("nan")
