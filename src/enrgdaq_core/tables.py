@@ -74,11 +74,14 @@ def _encode_into_buffer(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
 def _encode_with_dictionaries(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
     """Dictionary columns need dictionary batches before the record batches (and again when a
     later batch has another dictionary): only the stream writer knows when to emit them."""
+    batches = _batches(table)
+    if not batches:  # the writer puts the schema out with the first batch (or at close)
+        return pa.py_buffer(_schema_bytes(table.schema))
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in _batches(table):
-            writer.write_batch(batch)
-    return sink.getvalue()
+    writer = pa.ipc.new_stream(sink, table.schema)
+    for batch in batches:
+        writer.write_batch(batch)
+    return sink.getvalue()  # writer not closed: no end-of-stream marker (docs/wire-format.md)
 
 
 def _encode_small(table: pa.Table | pa.RecordBatch) -> bytes:
