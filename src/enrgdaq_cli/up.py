@@ -8,11 +8,11 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from enrgdaq_cli._common import errors
+from enrgdaq_cli._common import errors, fail
 
 HELP = """Run a whole system from a directory of TOML files: broker, stores, sources.
 
@@ -69,6 +69,11 @@ def _setup_logging(plan: Any, *, live: bool, recent: deque[str]) -> None:
     root.addHandler(handler)
 
 
+def _os_fail(exc: OSError) -> NoReturn:
+    """out_dir not writable, disk full: say what and where, not a traceback."""
+    fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+
+
 def _describe_plan(plan: Any) -> None:
     typer.echo(f"{plan.directory}: valid")
     typer.echo(f"  node {plan.node}, broker {plan.address.base}, control {plan.control}")
@@ -121,7 +126,10 @@ def up(
         return
     live = not no_tty and sys.stdout.isatty()
     recent: deque[str] = deque(maxlen=8)
-    _setup_logging(plan, live=live, recent=recent)
+    try:
+        _setup_logging(plan, live=live, recent=recent)
+    except OSError as exc:
+        _os_fail(exc)
 
     def console(name: str, line: str) -> None:
         if " ERROR " in line or " WARNING " in line or "Traceback" in line:
@@ -151,10 +159,13 @@ def up(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
-    with errors():  # ConnectionError: another `daq up` here, or the broker never came up
-        if display is not None:
-            with display:
+    try:
+        with errors():  # ConnectionError: another `daq up` here, or the broker never came up
+            if display is not None:
+                with display:
+                    code = sup.run()
+            else:
                 code = sup.run()
-        else:
-            code = sup.run()
+    except OSError as exc:
+        _os_fail(exc)
     raise typer.Exit(code)
