@@ -162,6 +162,11 @@ class Supervisor:
         self.gate_since = time.monotonic()
         self.phase = "running"
 
+    @property
+    def _grace(self) -> float:
+        """How long a child may take to act on SIGTERM before SIGKILL."""
+        return self.plan.config.shutdown_timeout
+
     def _snapshot(self) -> None:
         if self.plan.config.run.snapshot:
             self._snapshot_dir = self.runbook.snapshot_configs(self.run_number, self.plan.files)
@@ -224,6 +229,11 @@ class Supervisor:
             if code is not None:
                 self._exited(child, code, stopping)
             elif child.alive and not stopping:
+                if child.state == "stopping" and now - child.stop_sent_at > self._grace:
+                    log.warning(
+                        "%s: ignored SIGTERM for %.0fs; killing it", child.name, self._grace
+                    )
+                    child.kill()
                 self._check_heartbeat(child, now)
             if child.state == "backoff" and not stopping and now >= child.restart_at:
                 self._start(child)
@@ -352,9 +362,12 @@ class Supervisor:
             if child.state == "backoff":
                 child.state = "stopped"
         timeout = self.plan.config.shutdown_timeout
+        running = [c for c in self.sources if c.alive]
         self._stop_group(self.sources, timeout)
         sources_done = time.time_ns()
-        self._drain_stores(sources_done, timeout)
+        # only the sources that just ended cleanly sent an end-of-stream to wait for
+        ended = {c.name for c in running if c.last_exit == "exit 0"}
+        self._drain_stores(sources_done, ended, timeout)
         self._stop_group(self.stores, timeout)
         self._stop_group([self.broker], timeout)
         if self.record is not None:
@@ -396,8 +409,8 @@ class Supervisor:
         for child in self.children.values():
             child.terminate("stop")
 
-    def _drain_stores(self, since_ns: int, timeout: float) -> None:
-        """Wait until each store reports that every source it saw has ended (EOS received)."""
+    def _drain_stores(self, since_ns: int, ended: set[str], timeout: float) -> None:
+        """Wait until each store reports the end-of-stream of every source in `ended`."""
         pending = {c.name for c in self.stores if c.alive}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline and not self.forced:
@@ -408,7 +421,7 @@ class Supervisor:
                     view is not None
                     and view.report.pid == child.pid
                     and view.report.time_ns > since_ns
-                    and not view.report.extra.get("open_sources", [])
+                    and not set(view.report.extra.get("open_sources", [])) & ended
                 ):
                     pending.discard(name)
             if self.signals >= 2:
