@@ -36,6 +36,7 @@ from enrgdaq_core.transport import (
 )
 
 _CAPTURE = "inproc://enrgdaq-broker-capture"
+_COUNTER_PAUSE = 0.001  # s the counter lets messages gather once it has drained its queue
 
 
 def topic_prefix(topic: bytes) -> str:
@@ -186,12 +187,20 @@ class Broker:
         try:
             while True:
                 try:
-                    part = recv(sock, 0, False)
+                    part = recv(sock, _NOBLOCK, False)
                 except zmq.Again:
+                    # Drained: let the next messages gather for a moment and take them in one
+                    # go, one wake-up per batch instead of a thread switch per message (which
+                    # cost the proxy thread as much as the counting did, and competed with it
+                    # for the CPU while a message was in flight).
                     if _monitor_subscriptions(monitor, watched):
                         for topic, route in routes.items():
                             route.watched = _matches(topic, watched)
-                    continue
+                    time.sleep(_COUNTER_PAUSE)
+                    try:
+                        part = recv(sock, 0, False)  # waits up to RCVTIMEO when idle
+                    except zmq.Again:
+                        continue
                 parts = [part]
                 while part.more:
                     part = recv(sock, 0, False)
