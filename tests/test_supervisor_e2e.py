@@ -316,8 +316,14 @@ def test_live_table_on_a_terminal(procs: Procs, runtime_dir: Path, config_dir: P
             60,
             what="the live table",
         )
+        children = wait_for(
+            lambda: c if len(c := psutil.Process(p.pid).children()) == 5 else None,
+            60,
+            what="broker, two stores, two sources",
+        )
         p.send_signal(signal.SIGINT)
         assert p.wait(60) == 0
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
     finally:
         if p.poll() is None:
             p.kill()
