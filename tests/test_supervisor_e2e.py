@@ -191,7 +191,7 @@ def test_kill_9_is_recovered_and_the_gap_counted_exactly(
 def test_hung_job_is_detected_and_restarted(
     procs: Procs, runtime_dir: Path, config_dir: Path, up: list[Up]
 ) -> None:
-    write(config_dir / "supervisor.toml", FAST_SUPERVISOR.format(heartbeat=2.0))
+    write(config_dir / "supervisor.toml", FAST_SUPERVISOR.format(heartbeat=3.0))
     u = _start(up, procs, config_dir, runtime_dir)
     u.wait_flowing()
     old = u.piece("sensor1")["pid"]
