@@ -83,6 +83,7 @@ def test_plan_of_a_directory(tmp_path: Path, env: dict[str, str]) -> None:
     raw_store = plan.child("store-raw")
     assert raw_store is not None and raw_store.topics == ("data.sensor1",)
     assert "--config" not in raw_store.argv
+    assert raw_store.snapshot and not csv_store.snapshot  # the raw store embeds the configs
     sensor = plan.child("sensor1")
     assert sensor is not None
     assert sensor.argv[3:6] == ["job", "run", str((d / "sensor.toml").resolve())]

@@ -91,6 +91,7 @@ class ChildSpec:
     topics: tuple[str, ...] = ()  # stores: what they subscribe to; jobs: what they publish
     stores: tuple[str, ...] = ()  # jobs: the store pieces that take their data
     interval: float = 0.0  # jobs: seconds between steps (a report comes at most that often)
+    snapshot: bool = False  # raw store: embed the run's config snapshot (`-O snapshot=DIR`)
 
 
 @dataclass
@@ -285,7 +286,8 @@ def load_plan(
             argv += ["--from", f"data.{src}"]
         if cfg is not None:
             argv += ["--config", str(cfg.resolve())]
-        if cfg is None or "out_dir" not in read_toml(cfg):
+        own = read_toml(cfg) if cfg is not None else {}
+        if "out_dir" not in own:
             argv += ["--out-dir", str(out)]
         argv += ["--state", str(out / STATE_DIR / f"{piece}.json")]
         stores.append(
@@ -296,6 +298,7 @@ def load_plan(
                 config=cfg,
                 backend=backend,
                 topics=tuple(f"data.{s}" for s in sources),
+                snapshot=backend == "raw" and "snapshot" not in own,
             )
         )
     jobs_specs: list[ChildSpec] = []

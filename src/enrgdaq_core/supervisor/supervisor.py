@@ -185,7 +185,7 @@ class Supervisor:
             env = {**env, "DAQ_RUN": str(self.run_number)}
             if self.record is None:
                 self._begin_run()
-        elif child.spec.backend == "raw" and self._snapshot_dir is not None:
+        elif child.spec.snapshot and self._snapshot_dir is not None:
             argv += ["-O", f"snapshot={self._snapshot_dir}"]
         child.spawn(argv, env)
         if child is self.broker:
