@@ -9,7 +9,8 @@ dataset may hold a few more, from the write that was cut short: read `ds[:group.
 The file is written in SWMR mode (single writer, multiple readers): readers open it while it
 is being written with `h5py.File(path, "r", swmr=True)`, and every write is followed by a
 flush, so a kill -9 leaves a file that opens (with `swmr=True`, as it is still marked open
-for writing; `h5clear -s` removes that mark) with everything flushed. SWMR forbids creating
+for writing; `h5clear -s` removes that mark) with everything flushed. SWMR covers
+fixed-size data: variable-length columns (strings, lists) may not read while being written. SWMR forbids creating
 objects, so a new source or a schema change briefly closes and reopens the file.
 
 A schema change (a column added, removed or retyped) never touches the existing datasets: the

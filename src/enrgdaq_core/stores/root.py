@@ -8,8 +8,10 @@ arrays (`int16_t[1024]`), variable-length lists as jagged arrays with a counter 
 them). Compression is the file's: `compression_type` / `compression_level`, ZSTD 5 by
 default (the first writer of a file sets it).
 
-uproot rewrites the tree's metadata and the file's directory after every extend, so after a
-kill -9 the file opens in uproot and ROOT with every completed write. While the store writes
+uproot rewrites the tree's metadata and the file's directory after every extend; the store
+applies those in-place writes in an order that keeps the file consistent at every instant
+(see `_crash_ordered`), so after a kill -9 the file opens in uproot and ROOT with every
+completed write. While the store writes
 a file it holds a key `enrgdaq_writing` (a TObjString), removed on a clean close; a restart
 that finds it knows the file was left by a crash and starts the next file part instead of
 appending (uproot cannot always reopen such a file for update). A clean file is reopened
@@ -58,6 +60,62 @@ def _version_name(base: str, version: int) -> str:
 
 def _key_names(keys: list[str]) -> set[str]:
     return {k.split(";")[0] for k in keys}
+
+
+class _Recorder:
+    """Stands in for uproot's sink while a tree's metadata is updated: keeps the writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes]] = []
+
+    def write(self, location: int, serialization: Any) -> int:
+        data = bytes(serialization)
+        self.writes.append((location, data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+COALESCE_GAP = 32  # merge writes this close together into one (reading the bytes between)
+
+
+def _crash_ordered(cascading: Any) -> None:
+    """Make a tree's metadata update survive a kill -9 at any point.
+
+    After each extend, uproot updates the tree in place with many small writes, the tree's
+    entry count first, then per branch its counters and then its basket arrays. A kill
+    between two of them leaves a branch whose counters promise a basket its arrays do not
+    list, and uproot refuses to read the branch. Here the same writes are applied in
+    reverse order, with writes a few bytes apart merged into one: every branch's basket
+    arrays land before its counters (one write), and the tree's entry count lands last, so
+    the file is always either before or after the extend, as far as any reader can tell.
+    Relies on uproot's Tree.write_updates(sink) (uproot 5); without it, nothing changes.
+    """
+    original = getattr(cascading, "write_updates", None)
+    if original is None or getattr(cascading, "_enrgdaq_ordered", False):
+        return
+
+    def write_updates(sink: Any) -> None:
+        rec = _Recorder()
+        original(rec)
+        groups: list[tuple[int, bytearray]] = []
+        for location, data in rec.writes:
+            if groups:
+                start, buf = groups[-1]
+                gap = location - (start + len(buf))
+                if 0 <= gap <= COALESCE_GAP:
+                    if gap:
+                        buf += sink.read(start + len(buf), gap)
+                    buf += data
+                    continue
+            groups.append((location, bytearray(data)))
+        for location, buf in reversed(groups):
+            sink.write(location, bytes(buf))
+        sink.flush()
+
+    cascading.write_updates = write_updates
+    cascading._enrgdaq_ordered = True
 
 
 def _branch_type(plan: ColumnPlan) -> Any:
@@ -176,7 +234,9 @@ class ROOTWriter(Writer):
                 branches[plan.name] = col.values.astype(np.float32)
             else:
                 branches[plan.name] = col.values
-        self.handle.file[self.tree_name].extend(branches)
+        tree = self.handle.file[self.tree_name]
+        _crash_ordered(getattr(tree, "_cascading", None))
+        tree.extend(branches)
         self.backend.baskets += 1
 
     def size(self) -> int:
