@@ -113,7 +113,7 @@ def encode_table_view(table: pa.Table | pa.RecordBatch) -> bytes | memoryview:
     more before ZeroMQ takes it without copying.
     """
     if table.get_total_buffer_size() > ONE_COPY_ABOVE:
-        return memoryview(_encode_large(table))
+        return memoryview(_encode_large(table)).toreadonly()  # ours alone: sent zero-copy
     return _encode_small(table)
 
 

@@ -37,8 +37,17 @@ MONITOR_HWM = 1000
 Mode = Literal["lossless", "monitor"]
 
 ZERO_COPY_ABOVE = zmq.COPY_THRESHOLD
-"""Payloads from this size are handed to ZeroMQ without a copy (pyzmq's own threshold: below
-it, tracking a zero-copy buffer costs more than copying it)."""
+"""Immutable payloads from this size are handed to ZeroMQ without a copy (pyzmq's own threshold:
+below it, tracking a zero-copy buffer costs more than copying it)."""
+
+
+def _zero_copy(payload: bytes | memoryview) -> bool:
+    """Large and immutable: ZeroMQ reads a zero-copy buffer after send() returns, so a
+    bytearray or writable view the job reuses for its next event would go out corrupted."""
+    if len(payload) < ZERO_COPY_ABOVE:
+        return False
+    return isinstance(payload, bytes) or (isinstance(payload, memoryview) and payload.readonly)
+
 
 # The per-message path calls pyzmq's Cython socket methods with plain int flags. The
 # `zmq.Socket` conveniences (send_multipart, recv_multipart, enum flags, the `rcvmore` option)
@@ -204,7 +213,7 @@ class Publisher:
         payload = env.payload
         _send(sock, topic, _SNDMORE)
         _send(sock, encode_header(env.header), _SNDMORE)
-        _send(sock, payload, 0, len(payload) < ZERO_COPY_ABOVE)
+        _send(sock, payload, 0, not _zero_copy(payload))
         return True
 
     def close(self, linger: float = 5.0) -> None:
