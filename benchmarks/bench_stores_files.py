@@ -348,7 +348,7 @@ def main() -> int:
     small = 2_000 if args.quick else 20_000
     cases = [
         ("1-row messages", sensor_table, [1] * small),
-        ("100k-row messages", sensor_table, [20_000] * 2 if args.quick else [100_000] * 10),
+        ("100k-row messages", sensor_table, [20_000] * 2 if args.quick else [100_000] * 30),
         ("waveforms, 1000-event msgs", waveform_table, [1000] * (2 if args.quick else 10)),
     ]
     results: list[dict[str, Any]] = []
