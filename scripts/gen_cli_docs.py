@@ -196,6 +196,8 @@ def man_page(node: _Node, tree: list[_Node]) -> str:
     out = [
         f'.\\" {GENERATED}',
         f'.TH "{_esc(title)}" "1" "" "enrgdaq {_esc(__version__)}" "{MANUAL}"',
+        ".nh",  # no hyphenation: option names and paths stay whole
+        ".ad l",
         ".SH NAME",
         f"{_esc(node.page)} \\- {_inline(_summary(node))}",
         ".SH SYNOPSIS",
