@@ -114,6 +114,15 @@ class Up:
     def close(self) -> None:
         self._log_f.close()
 
+    def finish(self) -> None:
+        """Stop it if it still runs and prove that no process it started is left."""
+        try:
+            if self.p.poll() is None:
+                self.stop(signal.SIGINT, timeout=60)
+            self.assert_no_orphans()
+        finally:
+            self.close()
+
     def assert_no_orphans(self, timeout: float = 20.0) -> None:
         """No process the supervisor ever started is still running."""
         self.track()

@@ -57,12 +57,7 @@ def up(procs: Procs, runtime_dir: Path) -> Iterator[list[Up]]:
     started: list[Up] = []
     yield started
     for u in started:
-        try:
-            if u.p.poll() is None:
-                u.stop(signal.SIGINT, timeout=60)
-            u.assert_no_orphans()
-        finally:
-            u.close()
+        u.finish()
 
 
 def _start(up: list[Up], procs: Procs, directory: Path, runtime_dir: Path) -> Up:

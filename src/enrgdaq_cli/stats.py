@@ -153,7 +153,6 @@ def _run(
 ) -> None:
     import zmq
 
-    from enrgdaq_core.envelope import Kind
     from enrgdaq_core.monitor import Monitor, StatsFeed
 
     monitor = Monitor(stale_after=stale)
@@ -188,15 +187,7 @@ def _run(
                 recorder = StatsRecorder(record)
             except OSError as exc:
                 fail(f"cannot write {record}: {exc}")
-            rec = recorder
-
-            def on_report(env: Any, body: Any) -> None:
-                if env.header.kind is Kind.STATS:
-                    view = monitor.get(body.node, body.piece)
-                    status = view.status(monitor.clock(), stale) if view else "ok"
-                    rec.write(body, status=status, restarts=view.restarts if view else None)
-
-            monitor.listeners.append(on_report)
+            recorder.follow(monitor)
             typer.echo(f"recording stats to {record}", err=True)
         poller = zmq.Poller()
         poller.register(feed.socket, zmq.POLLIN)
@@ -253,7 +244,8 @@ def _run(
 
 
 PLOT_HELP = """Draw throughput, latency and loss over time from a stats history (one written by
-`daq stats --record FILE`, or the supervisor's stats.csv) into a PNG for the run report.
+`daq stats --record FILE`, or the supervisor's out/stats_history.csv) into a PNG for the
+run report.
 
 Example:
 

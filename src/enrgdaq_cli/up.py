@@ -21,9 +21,11 @@ supervisor.toml there sets the node name, broker address, out_dir, restart polic
 heartbeat timeout and run settings (every key optional). Then the broker starts, then one
 store per backend the sources use, and each source once its stores have subscribed.
 Children that die are restarted with backoff; hung ones (no heartbeat) are killed and
-restarted. stats.csv and stats_remote.csv are rewritten in out_dir every few seconds; each
-child logs to out_dir/logs/NAME.log. Ctrl-C stops sources first, then stores (after every
-end-of-stream), then the broker; a second Ctrl-C forces.
+restarted. stats.csv and stats_remote.csv are rewritten in out_dir every few seconds, every
+stats report is appended to stats_history.csv (for `daq stats plot`), and [stats]
+prometheus = ":9464" serves /metrics; each child logs to out_dir/logs/NAME.log. Ctrl-C
+stops sources first, then stores (after every end-of-stream), then the broker; a second
+Ctrl-C forces.
 
 Control it from another shell with `daq ctl`.
 

@@ -13,9 +13,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from enrgdaq_core.envelope import Envelope, Kind
 from enrgdaq_core.stats import StatsReport, primary_rate
+
+if TYPE_CHECKING:
+    from enrgdaq_core.monitor import Monitor
 
 COLUMNS = (
     "time",  # ISO 8601, UTC, of the report
@@ -92,6 +96,17 @@ class StatsRecorder:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
+
+    def follow(self, monitor: Monitor) -> None:
+        """Write every stats report `monitor` takes, with the status and restarts it sees."""
+
+        def on_report(env: Envelope, body: Any) -> None:
+            if env.header.kind is Kind.STATS:
+                view = monitor.get(body.node, body.piece)
+                status = view.status(monitor.clock(), monitor.stale_after) if view else "ok"
+                self.write(body, status=status, restarts=view.restarts if view else None)
+
+        monitor.listeners.append(on_report)
 
 
 @dataclass

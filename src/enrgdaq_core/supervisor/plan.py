@@ -49,6 +49,8 @@ class StatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     file: str = "stats.csv"  # relative to out_dir; "" writes none
     remote_file: str = "stats_remote.csv"
     interval: Positive = 5.0  # seconds between rewrites
+    history: str = "stats_history.csv"  # every report appended (`daq stats plot`); "" none
+    prometheus: str = ""  # [HOST]:PORT to serve /metrics on; "" serves none
 
 
 class RunSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -259,6 +261,14 @@ def load_plan(
 
     for backend in sorted(set(targets) - set(store_files)):
         issues.extend(_check_store(backend, None, origin=first_user[backend]))
+
+    if sup.stats.prometheus:
+        from enrgdaq_core.prometheus import parse_listen
+
+        try:
+            parse_listen(sup.stats.prometheus)
+        except ValueError as exc:
+            issues.append(ConfigIssue(str(sup_file or directory), "stats.prometheus", str(exc)))
 
     if issues:
         raise ConfigError(issues)

@@ -34,6 +34,7 @@ from enrgdaq_core.config import ConfigError
 from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.monitor import Monitor, StatsFeed
 from enrgdaq_core.stats import ProcessSampler, StatsReport
+from enrgdaq_core.stats_history import StatsRecorder
 from enrgdaq_core.supervisor.control import COMMANDS, ControlServer
 from enrgdaq_core.supervisor.plan import Plan
 from enrgdaq_core.supervisor.process import Child, LineSink
@@ -107,6 +108,8 @@ class Supervisor:
         self._sampler = ProcessSampler()
         self._deferred: Callable[[], dict[str, Any] | None] | None = None
         self._snapshot_dir: Path | None = None
+        self._history: StatsRecorder | None = None
+        self._exporter: Any = None  # prometheus.Exporter, while serving /metrics
 
     # -- public ----------------------------------------------------------------------------
 
@@ -131,6 +134,7 @@ class Supervisor:
 
     def _startup(self) -> None:
         self.plan.out_dir.mkdir(parents=True, exist_ok=True)
+        self._open_metrics()
         for w in self.plan.warnings:
             log.warning("%s", w)
         log.info(
@@ -146,7 +150,7 @@ class Supervisor:
         # The stores connect while the broker binds (ZMQ connects before a bind are fine):
         # their subscriptions arrive as soon as it listens. Sources wait for those.
         self._start(self.broker)
-        self._feed = StatsFeed(self.plan.address, self.monitor, topics=("stats.",))
+        self._feed = StatsFeed(self.plan.address, self.monitor)
         self._poller.register(self._feed.socket, zmq.POLLIN)
         self._telemetry = TelemetryPublisher(self.plan.address)
         for child in self.stores:
@@ -161,6 +165,25 @@ class Supervisor:
             self._step(0.05)
         self.gate_since = time.monotonic()
         self.phase = "running"
+
+    def _open_metrics(self) -> None:
+        """The stats history and the Prometheus exporter: both read the supervisor's monitor."""
+        stats = self.plan.config.stats
+        history = self.plan.out_path(stats.history)
+        if history is not None:
+            self._history = StatsRecorder(history)
+            self._history.follow(self.monitor)
+            log.info("stats history: %s", history)
+        if stats.prometheus:
+            from enrgdaq_core.prometheus import serve
+
+            try:
+                self._exporter = serve(self.monitor, stats.prometheus)
+            except OSError as exc:
+                raise ConnectionError(
+                    f"cannot serve Prometheus metrics on {stats.prometheus}: {exc}"
+                ) from None
+            log.info("Prometheus metrics at %s", self._exporter.url)
 
     @property
     def _grace(self) -> float:
@@ -447,6 +470,10 @@ class Supervisor:
             self._telemetry.close()
         if self._control is not None:
             self._control.close()
+        if self._exporter is not None:
+            self._exporter.close()
+        if self._history is not None:
+            self._history.close()
 
     # -- status and stats files ------------------------------------------------------------
 
