@@ -11,7 +11,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,10 @@ from typing import Any
 
 import pytest
 
-from enrgdaq_core.envelope import Envelope
-from enrgdaq_core.stream import StreamWriter
+from _store_data import stream_bytes, write_stream
+from conftest import Procs, wait_for
+
+__all__ = ["stream_bytes", "write_stream"]  # with the helpers below: what store tests import
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
 REDIS = {"host": "127.0.0.1", "port": 6379}
@@ -62,13 +63,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_for(predicate, timeout, interval, what)
 
 
 # -- MariaDB -------------------------------------------------------------------------------
@@ -283,22 +278,44 @@ def redis_down() -> Iterator[None]:
 # -- feeding stores -----------------------------------------------------------------------
 
 
-def write_stream(path: Path, envelopes: list[Envelope]) -> Path:
-    with path.open("wb") as f:
-        writer = StreamWriter(f)
-        for env in envelopes:
-            writer.write(env)
-    return path
+def store_stdin(
+    procs: Procs, backend: str, stream: Path, *args: str
+) -> subprocess.CompletedProcess:
+    """`daq store BACKEND --exit-on-eos` fed a stream file; it must exit 0."""
+    with stream.open("rb") as f:
+        p = procs.run("store", backend, "--exit-on-eos", *args, stdin=f, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    return p
 
 
-def stream_bytes(envelopes: list[Envelope], *, header: bool = True) -> bytes:
-    import io
+def start_store(
+    procs: Procs, backend: str, broker: Any, sources: list[str], *args: str
+) -> subprocess.Popen:
+    """`daq store BACKEND` on the broker, taking `data.<source>` of each source."""
+    froms = [a for s in sources for a in ("--from", f"data.{s}")]
+    return procs.start("store", backend, *froms, "--broker", broker.base, "--exit-on-eos", *args)
 
-    buf = io.BytesIO()
-    writer = StreamWriter(buf, header=header)
-    for env in envelopes:
-        writer.write(env)
-    return buf.getvalue()
+
+def publisher(broker: Any, sources: list[str]) -> Any:
+    """A Publisher on the broker once a store subscribed to every source's data topic."""
+    from enrgdaq_core.broker import wait_for_subscriptions
+    from enrgdaq_core.transport import Publisher
+
+    assert wait_for_subscriptions(broker, [f"data.{s}" for s in sources], timeout=30)
+    pub = Publisher(broker)
+    assert pub.wait_ready(10)
+    return pub
+
+
+def down_at_start(procs: Procs, backend: str, *options: str) -> str:
+    """`daq store BACKEND` with its server unreachable: exit 1; returns what it said."""
+    from enrgdaq_core.envelope import Source
+
+    src = Source("x", store={backend: {}})
+    p = procs.run("store", backend, *options, input=stream_bytes([src.end_of_stream()]))
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    return err
 
 
 class StatsWatch:

@@ -17,11 +17,15 @@ import pytest
 
 from _services import (
     StatsWatch,
+    down_at_start,
     mariadb_down,
     mysql,  # noqa: F401 - fixture
     mysql_connect,
     mysql_table,  # noqa: F401 - fixture
+    publisher,
     query,
+    start_store,
+    store_stdin,
     stream_bytes,
     table_count,
     wait_until,
@@ -47,10 +51,7 @@ def _columns(conn: Any, table: str) -> dict[str, tuple[str, str]]:
 
 
 def _store(procs: Procs, stream: Path, *args: str) -> subprocess.CompletedProcess:
-    with stream.open("rb") as f:
-        p = procs.run("store", "mysql", "--exit-on-eos", *args, stdin=f, timeout=60)
-    assert p.returncode == 0, p.stderr.decode()
-    return p
+    return store_stdin(procs, "mysql", stream, *args)
 
 
 def _typed_table(start: int, n: int) -> pa.Table:
@@ -195,27 +196,12 @@ def test_schema_changes_mid_stream(procs: Procs, tmp_path: Path, mysql: Any, mys
 
 def test_from_broker_with_stats(procs: Procs, broker: BrokerAddress, mysql: Any, mysql_table: str):
     """`daq store mysql --from data.X`: rows published to the broker land; stats show it."""
-    from enrgdaq_core.broker import wait_for_subscriptions
-    from enrgdaq_core.transport import Publisher
-
-    store = procs.start(
-        "store",
-        "mysql",
-        "--from",
-        "data.brk",
-        "--broker",
-        broker.base,
-        "--exit-on-eos",
-        "--flush-seconds",
-        "0.1",
-        "--name",
-        "store-mysql-brk",
+    store = start_store(
+        procs, "mysql", broker, ["brk"], "--flush-seconds", "0.1", "--name", "store-mysql-brk"
     )
     stats = StatsWatch(broker, "store-mysql-brk")
     try:
-        assert wait_for_subscriptions(broker, ["data.brk"], timeout=30)
-        pub = Publisher(broker)
-        assert pub.wait_ready(10)
+        pub = publisher(broker, ["brk"])
         src = Source("brk", store={"mysql": {"table_name": mysql_table}})
         sent = []
         for k in range(20):
@@ -250,20 +236,14 @@ def test_server_restart_mid_run_loses_nothing(
     reconnects, and every row is in the table exactly once. Source `a` ends while the
     server is down (its last rows wait in the store); source `b` goes on after the restart.
     """
-    from enrgdaq_core.broker import wait_for_subscriptions
     from enrgdaq_core.transport import Publisher
 
     mysql.close()
-    store = procs.start(
-        "store",
+    store = start_store(
+        procs,
         "mysql",
-        "--from",
-        "data.rsta",
-        "--from",
-        "data.rstb",
-        "--broker",
-        broker.base,
-        "--exit-on-eos",
+        broker,
+        ["rsta", "rstb"],
         "--flush-seconds",
         "0.1",
         "--name",
@@ -280,9 +260,7 @@ def test_server_restart_mid_run_loses_nothing(
             sent.append(k)
 
     try:
-        assert wait_for_subscriptions(broker, ["data.rsta", "data.rstb"], timeout=30)
-        pub = Publisher(broker)
-        assert pub.wait_ready(10)
+        pub = publisher(broker, ["rsta", "rstb"])
         send(pub, a, range(0, 40))
         send(pub, b, range(1000, 1020))
         wait_until(lambda: table_count(mysql_table) == 60, 30, "first rows in MySQL")
@@ -349,11 +327,7 @@ def test_commit_reply_lost_is_not_written_twice(mysql: Any, mysql_table: str):
 
 
 def test_server_down_at_start_says_where_and_how(procs: Procs, tmp_path: Path):
-    src = Source("x", store={"mysql": {}})
-    data = stream_bytes([src.end_of_stream()])
-    p = procs.run("store", "mysql", "-O", "port=1", "-O", "host=127.0.0.1", input=data)
-    err = p.stderr.decode()
-    assert p.returncode == 1, err
+    err = down_at_start(procs, "mysql", "-O", "port=1", "-O", "host=127.0.0.1")
     assert "127.0.0.1:1" in err
     assert "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd" in err
     assert "systemctl start mariadb" in err

@@ -15,10 +15,14 @@ import pytest
 
 from _services import (
     StatsWatch,
+    down_at_start,
+    publisher,
     redis_client,  # noqa: F401 - fixture
     redis_connect,
     redis_down,
     redis_key,  # noqa: F401 - fixture
+    start_store,
+    store_stdin,
     stream_bytes,
     wait_until,
     write_stream,
@@ -33,10 +37,7 @@ T0_MS = 1_700_000_000_000
 
 
 def _store(procs: Procs, stream: Path, *args: str) -> subprocess.CompletedProcess:
-    with stream.open("rb") as f:
-        p = procs.run("store", "redis", "--exit-on-eos", *args, stdin=f, timeout=60)
-    assert p.returncode == 0, p.stderr.decode()
-    return p
+    return store_stdin(procs, "redis", stream, *args)
 
 
 def _table(start: int, n: int) -> pa.Table:
@@ -182,15 +183,8 @@ def test_timeseries_without_module_is_a_clear_error(procs: Procs, tmp_path: Path
 
 
 def test_from_broker(procs: Procs, broker: BrokerAddress, redis_client: Any, redis_key):
-    from enrgdaq_core.broker import wait_for_subscriptions
-    from enrgdaq_core.transport import Publisher
-
-    store = procs.start(
-        "store", "redis", "--from", "data.rb", "--broker", broker.base, "--exit-on-eos"
-    )
-    assert wait_for_subscriptions(broker, ["data.rb"], timeout=30)
-    pub = Publisher(broker)
-    assert pub.wait_ready(10)
+    store = start_store(procs, "redis", broker, ["rb"])
+    pub = publisher(broker, ["rb"])
     src = Source("rb", store={"redis": {"key": redis_key, "layout": "stream"}})
     for k in range(30):
         t = pa.table({"timestamp": pa.array([T0_MS + k], pa.int64()), "v": [k * 0.5]})
@@ -210,24 +204,11 @@ def test_server_restart_mid_run_loses_nothing(
     """Redis stops mid-run: rows are kept and retried (visible in stats), written after the
     reconnect, none lost and none twice (the server keeps its data over the restart).
     Source `a` ends while Redis is down; source `b` goes on after the restart."""
-    from enrgdaq_core.broker import wait_for_subscriptions
     from enrgdaq_core.transport import Publisher
 
     redis_client.close()
-    store = procs.start(
-        "store",
-        "redis",
-        "--from",
-        "data.rra",
-        "--from",
-        "data.rrb",
-        "--broker",
-        broker.base,
-        "--exit-on-eos",
-        "--flush-seconds",
-        "0.1",
-        "--name",
-        "store-redis-rr",
+    store = start_store(
+        procs, "redis", broker, ["rra", "rrb"], "--flush-seconds", "0.1", "--name", "store-redis-rr"
     )
     stats = StatsWatch(broker, "store-redis-rr")
     a = Source("rra", store={"redis": {"key": redis_key + "a"}})
@@ -246,9 +227,7 @@ def test_server_restart_mid_run_loses_nothing(
             return -1
 
     try:
-        assert wait_for_subscriptions(broker, ["data.rra", "data.rrb"], timeout=30)
-        pub = Publisher(broker)
-        assert pub.wait_ready(10)
+        pub = publisher(broker, ["rra", "rrb"])
         send(pub, a, range(0, 40))
         send(pub, b, range(0, 20))
         wait_until(lambda: count() == 60, 30, "first rows in Redis")
@@ -276,10 +255,7 @@ def test_server_restart_mid_run_loses_nothing(
 
 
 def test_server_down_at_start_says_where_and_how(procs: Procs):
-    src = Source("x", store={"redis": {}})
-    p = procs.run("store", "redis", "-O", "port=1", input=stream_bytes([src.end_of_stream()]))
-    err = p.stderr.decode()
-    assert p.returncode == 1, err
+    err = down_at_start(procs, "redis", "-O", "port=1")
     assert "127.0.0.1:1" in err and "redis-server" in err
 
 

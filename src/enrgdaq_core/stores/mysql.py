@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from enrgdaq_core.store_config import MySQLStoreConfig
+from enrgdaq_core.stores._server import ServerBackend, ServerWriter
 from enrgdaq_core.stores.base import (
-    Backend,
     Destination,
     StoreOptions,
     StoreUnavailable,
@@ -367,15 +366,14 @@ class _Plan:
     prefix: bytes  # b"INSERT INTO `t` (`a`,`b`) VALUES "
 
 
-class MySQLWriter(Writer):
+class MySQLWriter(ServerWriter):
+    backend: MySQLBackend
+
     def __init__(self, backend: MySQLBackend, dest: Destination, table: str) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.dest = dest
         self.table = table
         self.settings: MySQLStoreConfig = dest.settings
-        self.id = uuid.uuid4().hex
-        self.batch = 0
-        self._inflight: tuple[int, int] | None = None  # (batch, rows) of an unconfirmed commit
         self._columns: dict[str, _Existing] | None = None  # lower-case name -> column
         self._plans: dict[pa.Schema, _Plan] = {}
 
@@ -530,25 +528,18 @@ class MySQLWriter(Writer):
             table = table.combine_chunks()  # many 1-row messages: one pass, not one per column
         try:
             conn = backend.connection()
+            unapplied = self._unapplied(conn, table)
+            if unapplied is None:
+                return
+            table = unapplied
             with conn.cursor() as cur:
-                if self._inflight is not None:
-                    batch, rows = self._inflight
-                    cur.execute(f"SELECT batch FROM {COMMITS_TABLE} WHERE writer = %s", (self.id,))
-                    got = cur.fetchone()
-                    self._inflight = None
-                    if got is not None and got[0] == batch:  # it was applied: skip those rows
-                        backend.duplicates_avoided += rows
-                        table = table.slice(min(rows, table.num_rows))
-                    if table.num_rows == 0:
-                        return
                 try:
                     plan = self._plan(cur, table.schema)
                 except _Unstorable as exc:
                     backend.reject(self.table, table.num_rows, exc)
                     return
                 statements = self._statements(plan, table)
-                self.batch += 1
-                self._inflight = (self.batch, table.num_rows)
+                batch = self._next_batch(table.num_rows)
                 conn.begin()
                 for statement, rows in statements:
                     try:
@@ -559,13 +550,12 @@ class MySQLWriter(Writer):
                     f"INSERT INTO {COMMITS_TABLE} (writer, dest, source, batch) "
                     "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE batch = VALUES(batch), "
                     "updated = NOW(6)",
-                    (self.id, self.table, self.dest.source, self.batch),
+                    (self.id, self.table, self.dest.source, batch),
                 )
                 backend.before_commit(conn)
                 conn.commit()
-                self._inflight = None
+                self._committed()
                 backend.rows_written += table.num_rows
-                backend.transactions += 1
         except Exception as exc:
             if not _is_transient(exc):
                 raise
@@ -574,26 +564,31 @@ class MySQLWriter(Writer):
             backend.lost(exc)
             raise TransientError(f"MySQL {backend.where}: {exc}") from exc
 
-    def close(self) -> None:
-        conn = self.backend.current()
-        if conn is None or self._inflight is not None:
-            return  # keep the commit record: a retry by this writer still needs it
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DELETE FROM {COMMITS_TABLE} WHERE writer = %s", (self.id,))
-            conn.commit()
-        except Exception as exc:  # noqa: BLE001 - only housekeeping
-            if not _is_transient(exc):
-                raise
-            self.backend.lost(exc)
+    # -- commit record ---------------------------------------------------------------------
+
+    def _recorded_batch(self, conn: Any) -> int | None:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT batch FROM {COMMITS_TABLE} WHERE writer = %s", (self.id,))
+            got = cur.fetchone()
+        return None if got is None else got[0]
+
+    def _forget(self, conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute(f"DELETE FROM {COMMITS_TABLE} WHERE writer = %s", (self.id,))
+        conn.commit()
+
+    def _forget_failed(self, exc: Exception) -> bool:
+        return _is_transient(exc)
 
 
 class _Unstorable(Exception):
     """Rows the server refuses for a reason that will not pass (logged and counted)."""
 
 
-class MySQLBackend(Backend):
+class MySQLBackend(ServerBackend):
     name = "mysql"
+    label = "MySQL"
+    log = log
     Options = MySQLOptions
     Settings = MySQLStoreConfig
     default_flush_rows = 10_000
@@ -602,25 +597,13 @@ class MySQLBackend(Backend):
     def __init__(self, options: StoreOptions) -> None:
         super().__init__(options)
         self.options: MySQLOptions = options  # type: ignore[assignment]
-        self._conn: Any = None
-        self.connected = False
-        self.connects = 0
-        self.reconnects = 0
-        self.connection_errors = 0
         self.rows_written = 0
-        self.transactions = 0
         self.refused_rows = 0
-        self.duplicates_avoided = 0
         self.type_conflicts = 0
         self.columns_added = 0
         self.tables_created = 0
         self.counters = _Counters()
-        self._last_error = ""
         self._nulled_logged = 0
-
-    @property
-    def where(self) -> str:
-        return f"{self.options.host}:{self.options.port}"
 
     # -- connection --------------------------------------------------------------------------
 
@@ -657,32 +640,6 @@ class MySQLBackend(Backend):
         conn.commit()
         return conn
 
-    def connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self._connect()
-            self.connects += 1
-            if self.connects > 1:
-                self.reconnects += 1
-                log.info("reconnected to MySQL at %s", self.where)
-            self.connected = True
-        return self._conn
-
-    def current(self) -> Any:
-        return self._conn
-
-    def lost(self, exc: BaseException) -> None:
-        if self.connected or str(exc) != self._last_error:
-            log.warning("MySQL at %s: %s", self.where, exc)
-        self._last_error = str(exc)
-        self.connection_errors += 1
-        self.connected = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - it is already broken
-                pass
-
     def before_commit(self, conn: Any) -> None:
         """Test hook: called right before each data commit."""
 
@@ -697,7 +654,7 @@ class MySQLBackend(Backend):
 
         o = self.options
         try:
-            self._conn = self._connect()
+            conn = self._connect()
         except pymysql.MySQLError as exc:
             code = _code(exc)
             if code == 1045:
@@ -717,22 +674,13 @@ class MySQLBackend(Backend):
             raise StoreUnavailable(
                 f"cannot reach MySQL/MariaDB at {self.where} ({exc}): {START_HELP}"
             ) from None
-        self.connects = 1
-        self.connected = True
+        self._checked(conn)
 
     def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
         settings: MySQLStoreConfig = dest.settings
         name = dest.name or settings.table_name or dest.source
         name = name.replace("{source}", dest.source).replace("{run}", str(dest.run))
         return MySQLWriter(self, dest, table_identifier(name))
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     def stats(self) -> dict[str, Any]:
         nulled = self.counters.nulled
@@ -743,11 +691,7 @@ class MySQLBackend(Backend):
             )
             self._nulled_logged = nulled
         return {
-            "server": self.where,
-            "connected": self.connected,
-            "reconnects": self.reconnects,
-            "connection_errors": self.connection_errors,
-            "transactions": self.transactions,
+            **self.connection_stats(),
             "refused_rows": self.refused_rows,
             "duplicates_avoided": self.duplicates_avoided,
             "nulled_values": nulled,

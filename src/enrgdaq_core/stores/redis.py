@@ -18,12 +18,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from enrgdaq_core.store_config import RedisStoreConfig
+from enrgdaq_core.stores._server import ServerBackend, ServerWriter
 from enrgdaq_core.stores.base import (
-    Backend,
     Destination,
     StoreOptions,
     StoreUnavailable,
@@ -151,16 +150,15 @@ def row_times_ms(table: pa.Table, column: str) -> list[int] | None:
 # -- writer ----------------------------------------------------------------------------------
 
 
-class RedisWriter(Writer):
+class RedisWriter(ServerWriter):
+    backend: RedisBackend
+
     def __init__(self, backend: RedisBackend, dest: Destination, key: str, layout: str) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.dest = dest
         self.settings: RedisStoreConfig = dest.settings
         self.key = key
         self.layout = layout
-        self.id = uuid.uuid4().hex
-        self.batch = 0
-        self._inflight: tuple[int, int] | None = None
         self._last_id: tuple[int, int] | None = None  # stream: last entry id (ms, seq)
         self._series: set[str] = set()  # timeseries keys known to exist
         self._pending_id: tuple[int, int] | None = None  # stream: last id of this batch
@@ -291,16 +289,10 @@ class RedisWriter(Writer):
         self._pending_id: tuple[int, int] | None = None
         try:
             conn = backend.connection()
-            if self._inflight is not None:
-                batch, rows = self._inflight
-                got = conn.get(COMMIT_PREFIX + self.id)
-                self._inflight = None
-                if got is not None and int(got) == batch:  # applied before the reply was lost
-                    backend.duplicates_avoided += rows
-                    table = table.slice(min(rows, table.num_rows))
-                    self._last_id = None  # re-read from the server
-                if table.num_rows == 0:
-                    return
+            unapplied = self._unapplied(conn, table)
+            if unapplied is None:
+                return
+            table = unapplied
             if self.layout == "timeseries" and not backend.has_timeseries(conn):
                 # A setting the server cannot serve, not an outage: holding the rows would
                 # stall every other source behind this one. The runner counts them as
@@ -314,15 +306,13 @@ class RedisWriter(Writer):
                 self._stream(conn, pipe, table)
             else:
                 self._timeseries(conn, pipe, table)
-            self.batch += 1
-            pipe.set(COMMIT_PREFIX + self.id, self.batch, ex=COMMIT_TTL)
-            self._inflight = (self.batch, table.num_rows)
+            batch = self._next_batch(table.num_rows)
+            pipe.set(COMMIT_PREFIX + self.id, batch, ex=COMMIT_TTL)
             backend.before_exec(pipe)
             results = pipe.execute(raise_on_error=False)
-            self._inflight = None
+            self._committed()
             if self._pending_id is not None:
                 self._last_id = self._pending_id
-            backend.transactions += 1
             refused = [r for r in results if isinstance(r, Exception)]
             if refused:
                 # EXEC does not roll back: the other commands were applied. Say what was not.
@@ -338,18 +328,23 @@ class RedisWriter(Writer):
             self._last_id = None
             raise ValueError(f"Redis refused the batch for {self.key}: {exc}") from exc
 
-    def close(self) -> None:
-        conn = self.backend.current()
-        if conn is None or self._inflight is not None:
-            return
-        try:
-            conn.delete(COMMIT_PREFIX + self.id)
-        except Exception as exc:  # noqa: BLE001 - housekeeping only
-            self.backend.lost(exc)
+    # -- commit record ---------------------------------------------------------------------
+
+    def _recorded_batch(self, conn: Any) -> int | None:
+        got = conn.get(COMMIT_PREFIX + self.id)
+        return None if got is None else int(got)
+
+    def _applied_before(self) -> None:
+        self._last_id = None  # re-read from the server
+
+    def _forget(self, conn: Any) -> None:
+        conn.delete(COMMIT_PREFIX + self.id)
 
 
-class RedisBackend(Backend):
+class RedisBackend(ServerBackend):
     name = "redis"
+    label = "Redis"
+    log = log
     Options = RedisOptions
     Settings = RedisStoreConfig
     default_flush_rows = 10_000
@@ -358,25 +353,13 @@ class RedisBackend(Backend):
     def __init__(self, options: StoreOptions) -> None:
         super().__init__(options)
         self.options: RedisOptions = options  # type: ignore[assignment]
-        self._conn: Any = None
         self._module: bool | None = None
-        self.connected = False
-        self.connects = 0
-        self.reconnects = 0
-        self.connection_errors = 0
-        self.transactions = 0
-        self.duplicates_avoided = 0
         self.reordered_rows = 0
         self.nulled_values = 0
         self.refused_commands = 0
         self.no_module_rows = 0
         self.samples_overwritten = 0
         self._skipped: set[tuple[str, str]] = set()
-        self._last_error = ""
-
-    @property
-    def where(self) -> str:
-        return f"{self.options.host}:{self.options.port}"
 
     def _connect(self) -> Any:
         import redis
@@ -398,32 +381,8 @@ class RedisBackend(Backend):
         conn.ping()
         return conn
 
-    def connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self._connect()
-            self.connects += 1
-            if self.connects > 1:
-                self.reconnects += 1
-                log.info("reconnected to Redis at %s", self.where)
-            self.connected = True
-            self._module = None
-        return self._conn
-
-    def current(self) -> Any:
-        return self._conn
-
-    def lost(self, exc: BaseException) -> None:
-        if self.connected or str(exc) != self._last_error:
-            log.warning("Redis at %s: %s", self.where, exc)
-        self._last_error = str(exc)
-        self.connection_errors += 1
-        self.connected = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - already broken
-                pass
+    def _on_connect(self) -> None:
+        self._module = None  # probe the new server for the module again
 
     def has_timeseries(self, conn: Any) -> bool:
         """Whether the server knows TS.* (probed once per connection)."""
@@ -461,7 +420,7 @@ class RedisBackend(Backend):
         import redis
 
         try:
-            self._conn = self._connect()
+            conn = self._connect()
         except redis.AuthenticationError as exc:
             raise StoreUnavailable(
                 f"Redis at {self.where} refused the password: {exc} (set -O password=...)"
@@ -472,8 +431,7 @@ class RedisBackend(Backend):
             ) from None
         except redis.ResponseError as exc:
             raise StoreUnavailable(f"Redis at {self.where}: {exc}") from None
-        self.connects = 1
-        self.connected = True
+        self._checked(conn)
         wanted = dict(getattr(self, "overrides", {}) or {})
         if (
             wanted
@@ -494,21 +452,9 @@ class RedisBackend(Backend):
             key = f"{key}{dest.tag}"  # the seed's key + tag
         return RedisWriter(self, dest, key, layout)
 
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001
-                pass
-
     def stats(self) -> dict[str, Any]:
         return {
-            "server": self.where,
-            "connected": self.connected,
-            "reconnects": self.reconnects,
-            "connection_errors": self.connection_errors,
-            "transactions": self.transactions,
+            **self.connection_stats(),
             "duplicates_avoided": self.duplicates_avoided,
             "reordered_rows": self.reordered_rows,
             "nulled_values": self.nulled_values,
