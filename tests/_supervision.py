@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from conftest import Procs, wait_for
+from conftest import Procs, wait_for, write
 from enrgdaq_core.envelope import Kind
 from enrgdaq_core.supervisor.control import request
 from enrgdaq_core.transport import BrokerAddress
@@ -29,6 +29,32 @@ start_timeout = 30.0
 [stats]
 interval = 0.5
 """
+
+# A fast sensor; each test appends the [store_config.*] it wants.
+SENSOR_JOB = """
+daq_job_type = "sensor"
+name = "sensor1"
+interval_seconds = 0.02
+channels = 2
+"""
+
+TEST_JOB = """
+daq_job_type = "DAQJobTest"
+interval_seconds = 0.05
+
+[store_config.csv]
+file_path = "test.csv"
+"""
+
+
+def config_dir(tmp_path: Path, jobs: dict[str, str], supervisor: str = "") -> Path:
+    """tmp_path/cfg with these job files and FAST_SUPERVISOR (10 s heartbeat) + `supervisor`."""
+    d = tmp_path / "cfg"
+    d.mkdir()
+    for name, text in jobs.items():
+        write(d / name, text)
+    write(d / "supervisor.toml", FAST_SUPERVISOR.format(heartbeat=10.0) + supervisor)
+    return d
 
 
 class Up:

@@ -10,36 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from _supervision import FAST_SUPERVISOR, Up, csv_rows, stats_csv
-from conftest import Procs, wait_for, write
+from _supervision import SENSOR_JOB, TEST_JOB, Up, config_dir, csv_rows, stats_csv
+from conftest import Procs, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SENSOR = """
-daq_job_type = "sensor"
-name = "sensor1"
-interval_seconds = 0.02
-channels = 2
-
+SENSOR = (
+    SENSOR_JOB
+    + """
 [store_config.csv]
 file_path = "run{run}/sensor1.csv"
 """
-
-TEST_JOB = """
-daq_job_type = "DAQJobTest"
-interval_seconds = 0.05
-
-[store_config.csv]
-file_path = "test.csv"
-"""
+)
 
 
 def test_ctl_commands_on_a_live_system(procs: Procs, runtime_dir: Path, tmp_path: Path) -> None:
-    d = tmp_path / "cfg"
-    d.mkdir()
-    write(d / "sensor.toml", SENSOR)
-    write(d / "test.toml", TEST_JOB)
-    write(d / "supervisor.toml", FAST_SUPERVISOR.format(heartbeat=10.0))
+    d = config_dir(tmp_path, {"sensor.toml": SENSOR, "test.toml": TEST_JOB})
     u = Up(procs, d, runtime_dir)
     follower: subprocess.Popen | None = None
     try:

@@ -13,42 +13,37 @@ from pathlib import Path
 import psutil
 import pytest
 
-from _supervision import FAST_SUPERVISOR, Up, Witness, csv_rows, raw_records, stats_csv
+from _supervision import (
+    FAST_SUPERVISOR,
+    SENSOR_JOB,
+    TEST_JOB,
+    Up,
+    Witness,
+    csv_rows,
+    raw_records,
+    stats_csv,
+)
+from _supervision import config_dir as make_config_dir
 from conftest import Procs, wait_for, write
 from enrgdaq_core.envelope import Kind
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SENSOR = """
-daq_job_type = "sensor"
-name = "sensor1"
-interval_seconds = 0.02
-channels = 2
-
+SENSOR = (
+    SENSOR_JOB
+    + """
 [store_config.csv]
 file_path = "sensor1.csv"
 
 [store_config.raw]
 file_path = "sensor1.raw"
 """
-
-TEST_JOB = """
-daq_job_type = "DAQJobTest"
-interval_seconds = 0.05
-
-[store_config.csv]
-file_path = "test.csv"
-"""
+)
 
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "cfg"
-    d.mkdir()
-    write(d / "sensor.toml", SENSOR)
-    write(d / "test.toml", TEST_JOB)
-    write(d / "supervisor.toml", FAST_SUPERVISOR.format(heartbeat=10.0))
-    return d
+    return make_config_dir(tmp_path, {"sensor.toml": SENSOR, "test.toml": TEST_JOB})
 
 
 @pytest.fixture

@@ -10,30 +10,18 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _supervision import FAST_SUPERVISOR, Up
-from conftest import Procs, wait_for, write
+from _supervision import TEST_JOB, Up, config_dir
+from conftest import Procs, wait_for
 from enrgdaq_core.config import ConfigError
 from enrgdaq_core.stats_history import read_history
 from enrgdaq_core.supervisor.plan import load_plan
 
 pytestmark = [pytest.mark.e2e]
 
-TEST_JOB = """
-daq_job_type = "DAQJobTest"
-interval_seconds = 0.05
-
-[store_config.csv]
-file_path = "test.csv"
-"""
-
 
 def _config_dir(tmp_path: Path, stats: str = "") -> Path:
     """One test job into a csv store; `stats` is appended to the [stats] table."""
-    d = tmp_path / "cfg"
-    d.mkdir()
-    write(d / "test.toml", TEST_JOB)
-    write(d / "supervisor.toml", FAST_SUPERVISOR.format(heartbeat=10.0) + stats)
-    return d
+    return config_dir(tmp_path, {"test.toml": TEST_JOB}, stats)
 
 
 def _free_port() -> int:

@@ -165,40 +165,27 @@ def _piece_command(
     _say(_ask(_endpoint(control, address), cmd, t, job=job), j)
 
 
-@app.command("restart")
-def restart(
-    job: JobArg,
-    control: ControlOpt = None,
-    address: BrokerOpt = None,
-    json_out: JsonOpt = False,
-    timeout: TimeoutOpt = 5.0,
-) -> None:
-    """Restart one piece now (SIGTERM, then start again; counted as a restart)."""
-    _piece_command("restart", job, control, address, j=json_out, t=timeout)
+def _register_piece_command(cmd: str, doc: str) -> None:
+    """`daq ctl restart|stop|start JOB`: the same options, one request each."""
+
+    def command(
+        job: JobArg,
+        control: ControlOpt = None,
+        address: BrokerOpt = None,
+        json_out: JsonOpt = False,
+        timeout: TimeoutOpt = 5.0,
+    ) -> None:
+        _piece_command(cmd, job, control, address, j=json_out, t=timeout)
+
+    app.command(cmd, help=doc)(command)
 
 
-@app.command("stop")
-def stop(
-    job: JobArg,
-    control: ControlOpt = None,
-    address: BrokerOpt = None,
-    json_out: JsonOpt = False,
-    timeout: TimeoutOpt = 5.0,
-) -> None:
-    """Stop one piece and keep it stopped (until `daq ctl start`)."""
-    _piece_command("stop", job, control, address, j=json_out, t=timeout)
-
-
-@app.command("start")
-def start(
-    job: JobArg,
-    control: ControlOpt = None,
-    address: BrokerOpt = None,
-    json_out: JsonOpt = False,
-    timeout: TimeoutOpt = 5.0,
-) -> None:
-    """Start a stopped piece."""
-    _piece_command("start", job, control, address, j=json_out, t=timeout)
+for _cmd, _doc in (
+    ("restart", "Restart one piece now (SIGTERM, then start again; counted as a restart)."),
+    ("stop", "Stop one piece and keep it stopped (until `daq ctl start`)."),
+    ("start", "Start a stopped piece."),
+):
+    _register_piece_command(_cmd, _doc)
 
 
 @app.command("run")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from enrgdaq_cli._common import EXIT_USAGE, BrokerOpt, broker_address, errors, fail
+from enrgdaq_cli._common import (
+    EXIT_USAGE,
+    BrokerOpt,
+    broker_address,
+    errors,
+    fail,
+    stop_on_signals,
+)
 
 HELP = """Show every piece seen on the broker: node, piece, status, rates, latency, lost
 messages, restarts.
@@ -161,14 +167,7 @@ def _run(
     recorder = None
     keys: _Keys | None = None
     live = None
-    stopping = False
-
-    def handler(_s: int, _f: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    stop = stop_on_signals()
     try:
         if serve is not None:
             from enrgdaq_core.prometheus import serve as start_exporter
@@ -213,7 +212,7 @@ def _run(
             typer.echo("recording; Ctrl-C stops", err=True)
         end = None if duration is None else time.monotonic() + duration
         next_draw = time.monotonic() + refresh
-        while not stopping:
+        while not stop.is_set():
             now = time.monotonic()
             if end is not None and now >= end:
                 break

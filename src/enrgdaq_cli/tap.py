@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, errors
+from enrgdaq_cli._common import BrokerOpt, broker_address, errors, stop_on_signals
 
 HELP = """Subscribe to topics and show what flows: a line per message on a terminal, the
 envelope stream when stdout is a pipe.
@@ -42,8 +42,6 @@ def tap(
         str | None, typer.Option("-o", "--output", help="`-` forces the stream on stdout.")
     ] = None,
 ) -> None:
-    import signal
-
     from enrgdaq_core.channels import BrokerInput, StreamOutput, stdout_is_pipe
     from enrgdaq_core.envelope import Kind
     from enrgdaq_core.stats import SequenceTracker
@@ -54,20 +52,13 @@ def tap(
     out = StreamOutput(sys.stdout.buffer) if stream else None
     seqs = SequenceTracker()
     seen = 0
-    stopping = False
-
-    def handler(_s: int, _f: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    stop = stop_on_signals()
     if not stream:
         from enrgdaq_core.render import envelope_line
     last = flushed = time.monotonic()
     with errors():
         try:
-            while not stopping and (count is None or seen < count):
+            while not stop.is_set() and (count is None or seen < count):
                 env = inp.recv(0.2)
                 if out is not None and (env is None or time.monotonic() - flushed >= 0.1):
                     out.flush()  # a pipe reader must not wait for a full buffer

@@ -44,13 +44,16 @@ class StopFlag:
         return self._event.wait(timeout)
 
 
-def install_signal_handlers(flag: StopFlag) -> None:
+def install_signal_handlers(flag: StopFlag, *, watch_parent: bool = True) -> None:
+    """SIGTERM/SIGINT set `flag`; a supervised child also stops when its supervisor dies."""
+
     def handler(signum: int, _frame: Any) -> None:
         flag.set(signum)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    _watch_parent(flag)
+    if watch_parent:
+        _watch_parent(flag)
 
 
 ORPHAN_GRACE_SECONDS = 10.0  # after the supervisor died, the longest a clean stop may take
