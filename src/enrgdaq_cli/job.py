@@ -64,7 +64,7 @@ def run(
         run_number = run_number or int(os.environ.get("DAQ_RUN", "0"))
         meta = {"writer": "daq job run", "source": job.name, "run": run_number}
         try:
-            out = open_output(target, addr, meta=meta, wait=wait)
+            out = open_output(target, addr, meta=meta, wait=wait, interrupt=stop.is_set)
         except FileExistsError:
             fail(
                 f"{target} exists: choose a new file (run files are never overwritten)", EXIT_USAGE

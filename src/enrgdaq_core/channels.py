@@ -11,6 +11,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 import zmq
@@ -56,12 +57,14 @@ class BrokerOutput:
         wait: float | None = 10.0,
         keys: CurveKeys | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
+        interrupt: Callable[[], bool] | None = None,
     ) -> None:
         self.address = address
         self.drain_timeout = drain_timeout
         self.sent: dict[str, int] = {}
         self._ctx = zmq.Context()
         self.publisher = Publisher(address, keys=keys, ctx=self._ctx)
+        self.publisher.interrupt = interrupt
         if wait is not None and not self.publisher.wait_ready(wait):
             self.publisher.close(linger=0)
             self._ctx.term()
@@ -110,6 +113,10 @@ class BrokerOutput:
 
     def close(self) -> None:
         """Wait until the broker has every message; ConnectionError if it stops taking them."""
+        if self.publisher.gave_up is not None:
+            self.publisher.close(linger=0)
+            self._ctx.term()
+            raise ConnectionError(f"{self.publisher.gave_up}; messages still queued are lost")
         left = self.unconfirmed() if self.sent else 0
         deadline = time.monotonic() + self.drain_timeout
         while left and time.monotonic() < deadline:
@@ -223,13 +230,14 @@ def open_output(
     meta: dict | None = None,
     wait: float | None = 10.0,
     keys: CurveKeys | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> Output:
     """`-` writes the stream to stdout; None or `broker` publishes to the broker; anything else
     is a new file (FileExistsError if it exists)."""
     if target == "-":
         return StreamOutput(sys.stdout.buffer, meta)
     if target in (None, "broker"):
-        return BrokerOutput(address, wait=wait, keys=keys)
+        return BrokerOutput(address, wait=wait, keys=keys, interrupt=interrupt)
     # "x": never truncate an existing file (a run file written earlier is data)
     return StreamOutput(open(target, "xb"), meta)  # noqa: SIM115 - closed by the caller
 

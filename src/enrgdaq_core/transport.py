@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -200,21 +201,61 @@ class Publisher:
             if msg[:1] == b"\x01":
                 self._subscribed = True
 
+    interrupt: Callable[[], bool] | None = None
+    """Set by the owner (the job runtime's stop flag): once it returns True, a send stuck on
+    backpressure gives up after `interrupt_grace` seconds instead of blocking forever (a
+    broker that died with our queue full would otherwise make SIGTERM useless)."""
+    interrupt_grace = 10.0
+    gave_up: str | None = None  # why sending stopped for good (then every send raises it)
+
     def send(self, env: Envelope, *, timeout: float | None = None) -> bool:
-        """Send; blocks under backpressure (up to `timeout`, then False)."""
+        """Send; blocks under backpressure (up to `timeout`, then False).
+
+        XPUB reports POLLOUT even when full, so waiting is a NOBLOCK retry loop on the first
+        frame; the other frames never block once the first is in (libzmq counts whole messages
+        against the high-water mark).
+        """
         sock = self._sock
-        if timeout is not None and not sock.poll(int(timeout * 1000), zmq.POLLOUT):
-            return False
         topic = self._topics.get(env.topic)
         if topic is None:
             if len(self._topics) > 1024:
                 self._topics.clear()
             topic = self._topics[env.topic] = topic_frame(env.topic)
         payload = env.payload
-        _send(sock, topic, _SNDMORE)
+        if self.gave_up is not None:
+            raise ConnectionError(self.gave_up)
+        try:
+            _send(sock, topic, _SNDMORE | _NOBLOCK)
+        except zmq.Again:
+            if not self._wait_and_send(topic, timeout):
+                return False
         _send(sock, encode_header(env.header), _SNDMORE)
         _send(sock, payload, 0, not _zero_copy(payload))
         return True
+
+    def _wait_and_send(self, topic: bytes, timeout: float | None) -> bool:
+        start = time.monotonic()
+        stop_seen: float | None = None
+        delay = 0.0001
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+            try:
+                _send(self._sock, topic, _SNDMORE | _NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            now = time.monotonic()
+            if timeout is not None and now - start >= timeout:
+                return False
+            if self.interrupt is not None and self.interrupt():
+                stop_seen = stop_seen or now
+                if now - stop_seen >= self.interrupt_grace:
+                    self.gave_up = (
+                        f"broker at {self.address.inbound} took nothing for "
+                        f"{self.interrupt_grace:g} s after stop was requested; giving up"
+                    )
+                    raise ConnectionError(self.gave_up)
 
     def close(self, linger: float = 5.0) -> None:
         self._sock.close(linger=int(linger * 1000))
