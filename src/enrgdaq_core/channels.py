@@ -7,10 +7,10 @@ functions, so `daq job run x.toml | daq store csv` and the broker path behave th
 from __future__ import annotations
 
 import contextlib
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
@@ -176,40 +176,65 @@ _DONE = object()
 class StreamInput:
     """Reads a stream on a thread so a consumer can wait with a timeout (to flush, to report).
 
-    The queue is bounded: a slow consumer stops the thread reading, and the pipe's writer
-    blocks, which is the backpressure a pipe should give.
+    The buffer is bounded: a slow consumer stops the thread reading, and the pipe's writer
+    blocks, which is the backpressure a pipe should give. A deque and two events rather than
+    a queue.Queue: the handoff costs well under a microsecond when both sides are busy, which
+    matters for a store taking 1-row messages at tens of kHz.
     """
 
     def __init__(self, fileobj: BinaryIO, *, depth: int = 256) -> None:
         self.damage: StreamDamage | StreamError | None = None
         self.meta: dict = {}
-        self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._items: deque[object] = deque()
+        self._depth = depth
+        self._has_items = threading.Event()
+        self._has_room = threading.Event()
+        self._has_room.set()
         self._f = fileobj
-        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._read, name="stream-input", daemon=True)
         self._thread.start()
+
+    def _put(self, item: object) -> None:
+        items = self._items
+        items.append(item)
+        if not self._has_items.is_set():
+            self._has_items.set()
+        if len(items) >= self._depth:
+            self._has_room.clear()
+            if len(items) >= self._depth:  # re-check: the consumer may have drained meanwhile
+                self._has_room.wait()
 
     def _read(self) -> None:
         try:
             reader = StreamReader(self._f)
             self.meta = reader.meta.meta
             for rec in reader:
-                self._q.put(rec.envelope)
+                self._put(rec.envelope)
         except (StreamDamage, StreamError) as exc:
             self.damage = exc
         except (OSError, ValueError) as exc:
             self.damage = StreamError(f"read failed: {exc}")
         finally:
-            self._q.put(_DONE)
+            self._items.append(_DONE)
+            self._has_items.set()
 
     def recv(self, timeout: float | None = None) -> Envelope | None:
+        items = self._items
         try:
-            item = self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
+            item = items.popleft()
+        except IndexError:
+            self._has_items.clear()
+            if not items and not self._has_items.wait(timeout):  # re-check after clear
+                return None
+            try:
+                item = items.popleft()
+            except IndexError:
+                return None
         if item is _DONE:
-            self._q.put(_DONE)  # later calls see the end again
+            items.appendleft(_DONE)  # later calls see the end again
             raise EndOfInput
+        if len(items) <= self._depth // 2 and not self._has_room.is_set():
+            self._has_room.set()
         return item  # type: ignore[return-value]
 
     def close(self) -> None:

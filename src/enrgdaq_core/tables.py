@@ -117,8 +117,40 @@ def encode_table_view(table: pa.Table | pa.RecordBatch) -> bytes | memoryview:
     return _encode_small(table)
 
 
+_decode_cache: list[tuple[bytes, pa.Schema]] = []  # schema message bytes -> schema
+
+
+def _known_schema(view: memoryview) -> tuple[int, pa.Schema] | None:
+    for i, (data, schema) in enumerate(_decode_cache):
+        n = len(data)
+        if view[:n] == data:
+            if i:
+                _decode_cache.insert(0, _decode_cache.pop(i))
+            return n, schema
+    return None
+
+
 def decode_table(payload: bytes | memoryview) -> pa.Table:
+    """The table of a payload. A schema seen before is not parsed again (half the cost of a
+    1-row message in a store); anything unusual takes the general IPC reader."""
     try:
-        return pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        view = memoryview(payload)
+        known = _known_schema(view)
+        if known is not None:
+            n, schema = known
+            rest = pa.py_buffer(view[n:])
+            if rest.size == 0:
+                return schema.empty_table()
+            batch = pa.ipc.read_record_batch(rest, schema)
+            if pa.ipc.get_record_batch_size(batch) == rest.size:  # exactly one batch
+                return pa.Table.from_batches([batch], schema=schema)
+        reader = pa.ipc.open_stream(pa.py_buffer(payload))
+        table = reader.read_all()
+        if known is None and not any(pa.types.is_dictionary(f.type) for f in table.schema):
+            data = table.schema.serialize().to_pybytes()
+            if view[: len(data)] == data:
+                _decode_cache.insert(0, (data, table.schema))
+                del _decode_cache[_SCHEMA_CACHE_SIZE:]
+        return table
+    except (pa.ArrowInvalid, pa.ArrowException, OSError, EOFError) as exc:
         raise EnvelopeError(f"undecodable Arrow payload: {exc}") from None
