@@ -35,6 +35,7 @@ from enrgdaq_core.stores._columns import (
     plan_schema,
     schema_signature,
 )
+from enrgdaq_core.stores._shared_files import SharedFiles
 from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
 from enrgdaq_core.stores.paths import latest_part, next_part
 
@@ -275,25 +276,14 @@ class HDF5Backend(Backend):
 
     def __init__(self, options: StoreOptions) -> None:
         super().__init__(options)
-        self._files: dict[Path, _H5File] = {}  # final path -> open file
-        self._chosen: dict[Path, Path] = {}  # the path a writer asked for -> the file it got
+        self._shared: SharedFiles[_H5File] = SharedFiles()
         self.resizes = 0
         self.nulls_filled = 0
 
     def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
         import h5py  # noqa: F401 - fail here, at open, if h5py is missing
 
-        assert dest.path is not None
-        asked = dest.path.resolve()
-        # a file this process has open is shared, whatever the flags: it was made here
-        chosen = self._chosen.get(asked) or (asked if asked in self._files else None)
-        handle = self._files.get(chosen) if chosen is not None else None
-        if handle is None:
-            handle = self._open_file(dest)
-            self._files[handle.path.resolve()] = handle
-            self._chosen[asked] = handle.path.resolve()
-        dest.path = handle.path
-        handle.refs += 1
+        handle = self._shared.acquire(dest, self._open_file)
         return HDF5Writer(self, handle, dest)
 
     def _open_file(self, dest: Destination) -> _H5File:
@@ -320,18 +310,10 @@ class HDF5Backend(Backend):
             return _H5File(new, create=True)
 
     def _release(self, handle: _H5File) -> None:
-        handle.refs -= 1
-        if handle.refs <= 0:
-            handle.close()
-            key = handle.path.resolve()
-            self._files.pop(key, None)
-            for asked in [a for a, c in self._chosen.items() if c == key]:
-                del self._chosen[asked]
+        self._shared.release(handle)
 
     def close(self) -> None:
-        for handle in list(self._files.values()):
-            handle.close()
-        self._files.clear()
+        self._shared.close_all()
 
     def stats(self) -> dict[str, Any]:
         return {"resizes": self.resizes, "nulls_filled": self.nulls_filled}

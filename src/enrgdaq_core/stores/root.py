@@ -32,6 +32,7 @@ import numpy as np
 
 from enrgdaq_core.store_config import ROOTStoreConfig
 from enrgdaq_core.stores._columns import ColumnPlan, column_data, plan_schema, schema_signature
+from enrgdaq_core.stores._shared_files import SharedFiles
 from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
 from enrgdaq_core.stores.paths import latest_part, next_part
 
@@ -257,8 +258,7 @@ class ROOTBackend(Backend):
 
     def __init__(self, options: StoreOptions) -> None:
         super().__init__(options)
-        self._files: dict[Path, _RootFile] = {}
-        self._chosen: dict[Path, Path] = {}
+        self._shared: SharedFiles[_RootFile] = SharedFiles()
         self.titles: dict[tuple[Path, str], str] = {}  # (file, tree) -> title, read on reopen
         self.baskets = 0
         self.nulls_filled = 0
@@ -267,17 +267,7 @@ class ROOTBackend(Backend):
         return self.titles.get((handle.path, tree), "")
 
     def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
-        assert dest.path is not None
-        asked = dest.path.resolve()
-        # a file this process has open is shared, whatever the flags: it was made here
-        chosen = self._chosen.get(asked) or (asked if asked in self._files else None)
-        handle = self._files.get(chosen) if chosen is not None else None
-        if handle is None:
-            handle = self._open_file(dest)
-            self._files[handle.path.resolve()] = handle
-            self._chosen[asked] = handle.path.resolve()
-        dest.path = handle.path
-        handle.refs += 1
+        handle = self._shared.acquire(dest, self._open_file)
         return ROOTWriter(self, handle, dest)
 
     def _open_file(self, dest: Destination) -> _RootFile:
@@ -318,18 +308,10 @@ class ROOTBackend(Backend):
         return None
 
     def _release(self, handle: _RootFile) -> None:
-        handle.refs -= 1
-        if handle.refs <= 0:
-            handle.close()
-            key = handle.path.resolve()
-            self._files.pop(key, None)
-            for asked in [a for a, c in self._chosen.items() if c == key]:
-                del self._chosen[asked]
+        self._shared.release(handle)
 
     def close(self) -> None:
-        for handle in list(self._files.values()):
-            handle.close()
-        self._files.clear()
+        self._shared.close_all()
 
     def stats(self) -> dict[str, Any]:
         return {"baskets": self.baskets, "nulls_filled": self.nulls_filled}
