@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -131,3 +132,25 @@ def read_stream(path: Path) -> list[Envelope]:
 
 def as_json_list(values: Any) -> list[Any]:
     return json.loads(values)
+
+
+def start_feeder(
+    pipe: BinaryIO, src: Source, stop: threading.Event, start: int = 0
+) -> threading.Thread:
+    """Feed a store's stdin with small tables (1 to 9 rows) until `stop`, for kill -9 tests."""
+
+    def run() -> None:
+        pos = start
+        try:
+            feed(pipe, stream_bytes([]))  # the stream's file header
+            while not stop.is_set():
+                n = 1 + pos % 9
+                feed(pipe, stream_bytes([src.table(sample_table(pos, n))], header=False))
+                pos += n
+                stop.wait(0.001)
+        except OSError:  # the store was killed: its pipe is gone
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -28,7 +28,7 @@ from _store_data import (
     run_store,
     sample_table,
     source,
-    stream_bytes,
+    start_feeder,
     write_stream,
 )
 from conftest import Procs, wait_for, write
@@ -210,24 +210,6 @@ def test_broker_from_topic(procs: Procs, broker: BrokerAddress, tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["b.csv"]
 
 
-def _feeder(pipe, src: Source, stop: threading.Event, start: int) -> threading.Thread:
-    def run() -> None:
-        pos = start
-        try:
-            feed(pipe, stream_bytes([]))  # the stream's file header
-            while not stop.is_set():
-                n = 1 + pos % 9
-                feed(pipe, stream_bytes([src.table(sample_table(pos, n))], header=False))
-                pos += n
-                stop.wait(0.001)
-        except (BrokenPipeError, OSError):
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _complete_lines(path: Path) -> tuple[pd.DataFrame, bytes]:
     data = path.read_bytes()
     whole = data[: data.rfind(b"\n") + 1]
@@ -244,7 +226,7 @@ def test_kill9_mid_write_then_restart(procs: Procs, tmp_path: Path, compressed: 
         stdin=subprocess.PIPE,
     )  # fmt: skip
     stop = threading.Event()
-    thread = _feeder(store.stdin, src, stop, 0)
+    thread = start_feeder(store.stdin, src, stop, 0)
     wait_for(lambda: path.exists() and path.stat().st_size > 60_000, 30, what="rows on disk")
     os.killpg(store.pid, signal.SIGKILL)  # while the feeder is still sending
     store.wait(10)

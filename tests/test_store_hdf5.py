@@ -21,11 +21,10 @@ from _store_data import (
     chunks,
     envelopes,
     expected_columns,
-    feed,
     run_store,
     sample_table,
     source,
-    stream_bytes,
+    start_feeder,
     write_stream,
 )
 from conftest import Procs, wait_for
@@ -129,24 +128,6 @@ def test_broker_small_messages_make_few_writes(
         check_group(f["fast"], 0, 1000)
 
 
-def _feeder(pipe: Any, src: Source, stop: threading.Event) -> threading.Thread:
-    def run() -> None:
-        pos = 0
-        try:
-            feed(pipe, stream_bytes([]))
-            while not stop.is_set():
-                n = 1 + pos % 9
-                feed(pipe, stream_bytes([src.table(sample_table(pos, n))], header=False))
-                pos += n
-                stop.wait(0.001)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _swmr_rows(path: Path, group: str) -> int:
     try:
         with h5py.File(path, "r", swmr=True) as f:
@@ -163,7 +144,7 @@ def test_readable_while_writing_and_after_kill9(procs: Procs, tmp_path: Path) ->
         stdin=subprocess.PIPE,
     )  # fmt: skip
     stop = threading.Event()
-    thread = _feeder(store.stdin, src, stop)
+    thread = start_feeder(store.stdin, src, stop)
     # A reader opens the file while the store writes it (SWMR) and sees complete rows.
     wait_for(lambda: path.exists() and _swmr_rows(path, "live") >= 300, 30, what="rows")
     with h5py.File(path, "r", swmr=True) as f:

@@ -22,11 +22,10 @@ from _store_data import (
     chunks,
     envelopes,
     expected_columns,
-    feed,
     run_store,
     sample_table,
     source,
-    stream_bytes,
+    start_feeder,
     write_stream,
 )
 from conftest import Procs, wait_for
@@ -108,24 +107,6 @@ def test_broker_small_messages_make_big_baskets(
     assert baskets <= 5  # 2000 one-row messages, one basket per write of many rows
 
 
-def _feeder(pipe: Any, src: Source, stop: threading.Event) -> threading.Thread:
-    def run() -> None:
-        pos = 0
-        try:
-            feed(pipe, stream_bytes([]))
-            while not stop.is_set():
-                n = 1 + pos % 9
-                feed(pipe, stream_bytes([src.table(sample_table(pos, n))], header=False))
-                pos += n
-                stop.wait(0.001)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _entries(path: Path, tree: str) -> int:
     try:
         with uproot.open(path) as f:
@@ -142,7 +123,7 @@ def test_kill9_mid_write_then_restart(procs: Procs, tmp_path: Path) -> None:
         stdin=subprocess.PIPE,
     )  # fmt: skip
     stop = threading.Event()
-    thread = _feeder(store.stdin, src, stop)
+    thread = start_feeder(store.stdin, src, stop)
     wait_for(lambda: path.exists() and _entries(path, "k") >= 1000, 30, what="entries")
     os.killpg(store.pid, signal.SIGKILL)  # mid-stream: the feeder is still sending
     store.wait(10)
