@@ -12,7 +12,7 @@ import pytest
 
 from _store_data import sample_table
 from enrgdaq_core.channels import EndOfInput
-from enrgdaq_core.envelope import Envelope, Source
+from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.jobs.runtime import StopFlag
 from enrgdaq_core.store_config import CSVStoreConfig
 from enrgdaq_core.stores import runner as runner_mod
@@ -333,3 +333,15 @@ def test_parse_period() -> None:
     assert parse_period("90s") == 90 and parse_period("1h") == 3600 and parse_period("") == 0
     with pytest.raises(ValueError, match="period"):
         parse_period("soon")
+
+
+def test_end_of_stream_with_bad_settings_is_counted_not_fatal(tmp_path: Path) -> None:
+    """A store that records end-of-stream (the raw store) must survive a source whose
+    settings do not validate: its data was counted as bad, and so is its end."""
+    be = RecordingBackend(StoreOptions(out_dir=str(tmp_path), flush_rows=1))
+    be.kinds = be.kinds | {Kind.EOS}  # instance attribute: the class stays as it was
+    runner = StoreRunner(be, name="t")
+    src = Source("s", store={"csv": {"no_such_key": 1}})
+    runner.handle(src.table(sample_table(0, 2)))
+    runner.handle(src.end_of_stream())
+    assert runner.bad_messages == 2 and be.rows() == []

@@ -62,6 +62,7 @@ class BrokerState:
         with self.lock:
             return {
                 "uptime_s": time.time() - self.started,
+                "started": self.started,
                 "topics": {k: [c.messages, c.bytes] for k, c in self.counters.items()},
                 "subscriptions": [
                     s.decode(errors="replace").rstrip("\x00")

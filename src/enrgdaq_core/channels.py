@@ -73,7 +73,14 @@ class BrokerOutput:
             )
         self._broker_start: float | None = None
         self.broker_restarted = False
-        self._baseline = self._broker_counts() or {}
+        baseline = None
+        for _ in range(3):
+            baseline = self._broker_counts()
+            if baseline is not None:
+                break
+        # Without a baseline, counts already on the broker (an earlier run of this source)
+        # would look like confirmations: then close() confirms nothing and says so.
+        self._baseline: dict[str, int] | None = baseline
 
     def _broker_counts(self) -> dict[str, int] | None:
         from enrgdaq_core.broker import query
@@ -82,12 +89,12 @@ class BrokerOutput:
             timeout = min(2.0, max(0.2, self.drain_timeout))
             snap = query(self.address, "counters", timeout=timeout)
             topics = snap["topics"]
-            start = time.time() - float(snap.get("uptime_s", 0.0))
+            start = float(snap["started"])  # the broker's own clock: a slow reply changes nothing
         except (TimeoutError, KeyError, TypeError, ValueError):
             return None
         if self._broker_start is None:
             self._broker_start = start
-        elif abs(start - self._broker_start) > 0.2:  # no broker restarts that fast
+        elif start != self._broker_start:
             self.broker_restarted = True
         return {t: int(v[0]) for t, v in topics.items()}
 
@@ -101,7 +108,7 @@ class BrokerOutput:
     def unconfirmed(self) -> int:
         """Messages sent that the broker has not counted yet (all of them if it is silent)."""
         counts = self._broker_counts()
-        if counts is None:
+        if counts is None or self._baseline is None:
             return sum(self.sent.values())
         if self.broker_restarted:
             # A restarted broker counts from zero, so nothing can be confirmed against it:
@@ -214,6 +221,8 @@ class StreamInput:
             self.damage = exc
         except (OSError, ValueError) as exc:
             self.damage = StreamError(f"read failed: {exc}")
+        except Exception as exc:  # never let a cut-short input look like a clean end
+            self.damage = StreamError(f"read failed: {exc!r}")
         finally:
             self._items.append(_DONE)
             self._has_items.set()

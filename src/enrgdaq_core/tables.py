@@ -141,8 +141,11 @@ def decode_table(payload: bytes | memoryview) -> pa.Table:
             rest = pa.py_buffer(view[n:])
             if rest.size == 0:
                 return schema.empty_table()
-            batch = pa.ipc.read_record_batch(rest, schema)
-            if pa.ipc.get_record_batch_size(batch) == rest.size:  # exactly one batch
+            try:
+                batch = pa.ipc.read_record_batch(rest, schema)
+            except (pa.ArrowException, EOFError):
+                batch = None  # not one plain batch (an end marker, say): the general reader
+            if batch is not None and pa.ipc.get_record_batch_size(batch) == rest.size:
                 return pa.Table.from_batches([batch], schema=schema)
         reader = pa.ipc.open_stream(pa.py_buffer(payload))
         table = reader.read_all()

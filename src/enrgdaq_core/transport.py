@@ -253,7 +253,8 @@ class Publisher:
                 if now - stop_seen >= self.interrupt_grace:
                     self.gave_up = (
                         f"broker at {self.address.inbound} took nothing for "
-                        f"{self.interrupt_grace:g} s after stop was requested; giving up"
+                        f"{self.interrupt_grace:g} s after stop was requested (broker gone, "
+                        "or a lossless consumer stalled); giving up"
                     )
                     raise ConnectionError(self.gave_up)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
@@ -31,8 +31,9 @@ class StoreOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     flush_rows: int = 0  # 0: the backend's default
     flush_seconds: float = 0.0
     flush_mb: float = 0.0  # write once the buffered rows take this much memory; 0: default
-    max_pending_rows: int = 1_000_000  # beyond this, stop reading (backpressure), never drop
-    max_pending_mb: float = 1024.0  # the same bound in memory, for wide rows (waveforms)
+    # beyond these, stop reading (backpressure), never drop; 0 would stop reading for good
+    max_pending_rows: Annotated[int, msgspec.Meta(gt=0)] = 1_000_000
+    max_pending_mb: Annotated[float, msgspec.Meta(gt=0)] = 1024.0  # for wide rows (waveforms)
     verbosity: str = "INFO"
 
 

@@ -271,7 +271,12 @@ class StoreRunner:
         if h.kind is Kind.EOS:
             self._ended_sources.add(h.source)
             if Kind.EOS in self.backend.kinds:
-                self._add(self._slot_for(env), env)
+                try:
+                    self._add(self._slot_for(env), env)
+                except EnvelopeError as exc:  # bad settings: counted like the data was
+                    self.bad_messages += 1
+                    self.meter.undecodable += 1
+                    log.warning("end of stream from %s not recorded: %s", h.source, exc)
             for key in [k for k in self._slots if k[0] == h.source]:
                 self._retire(self._slots.pop(key))
             if not any(s.buffer for s in self._retiring if s.source == h.source):
