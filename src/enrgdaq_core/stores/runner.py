@@ -174,8 +174,11 @@ class StoreRunner:
         self._marks = marks
 
     def _mark(self, source: str, epoch: int, seq: int) -> None:
-        if self._state_file is None or self._marks.get(source) == [epoch, seq]:
+        if self._state_file is None:
             return
+        known = self._marks.get(source)
+        if known is not None and (known[0] > epoch or (known[0] == epoch and known[1] >= seq)):
+            return  # marks only move forward (epochs are the sources' start times)
         self._marks[source] = [epoch, seq]
         tmp = self._state_file.with_name(self._state_file.name + ".tmp")
         try:
@@ -393,7 +396,11 @@ class StoreRunner:
             return False
         slot.backoff = RETRY_FIRST
         slot.retry_at = 0.0
-        if not slot.buffer and slot.last is not None:
+        if (
+            not slot.buffer
+            and slot.last is not None
+            and not any(s.buffer for s in self._all_slots() if s.source == slot.source)
+        ):  # another slot of the source (a retiring one) may still hold older rows
             self._mark(slot.source, *slot.last)
         self.last_flush_ms = (time.perf_counter() - t0) * 1e3
         self.max_flush_ms = max(self.max_flush_ms, self.last_flush_ms)
