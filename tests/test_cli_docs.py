@@ -108,7 +108,7 @@ def test_man_renders_store_page():
     assert result.returncode == 0, result.stderr
     lines = [line.strip() for line in result.stdout.splitlines()]
     assert "daq-store - Store data into csv, root, hdf5, mysql, redis or raw" in lines
-    assert "daq store [OPTIONS] {backend}" in lines
+    assert "daq store [OPTIONS] {BACKEND}" in lines
     assert "--flush-rows <int>" in lines  # hyphens are real ASCII minus signs
     assert "daq store csv --from data.sensor1 -o sensor.csv" in lines  # examples kept verbatim
     assert "DAQ_BROKER" in lines

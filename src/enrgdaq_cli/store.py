@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from enrgdaq_cli._common import BrokerOpt, broker_address, errors, fail, setup_logging
+from enrgdaq_core.stores import names as store_names
+
+# A choice, so `daq store <TAB>` offers the backends and a typo is refused by the parser.
+BackendName = StrEnum("BackendName", {n: n for n in store_names()})
 
 HELP = """Store data from the broker or from stdin into one backend: csv, root, hdf5, mysql,
 redis or raw.
@@ -44,7 +49,12 @@ def _stdin_is_stream() -> bool:
 
 
 def store(
-    backend: Annotated[str, typer.Argument(help="csv, root, hdf5, mysql, redis or raw.")],
+    backend: Annotated[
+        BackendName,
+        typer.Argument(
+            metavar="BACKEND", help="csv, root, hdf5, mysql, redis or raw.", show_default=False
+        ),
+    ],
     topics: Annotated[
         list[str] | None,
         typer.Option(
@@ -119,12 +129,12 @@ def store(
     with errors():
         flags = {"out_dir": out_dir, "flush_rows": flush_rows, "flush_seconds": flush_seconds}
         be, overrides = build_backend(
-            backend,
+            backend.value,
             config_file=config,
             assignments=parse_assignments(options or []),
             flags=flags,
         )
-        piece = name or f"store-{backend}"
+        piece = name or f"store-{backend.value}"
         setup_logging(be.options.verbosity, piece)
         be.check()
         addr = broker_address(address)
