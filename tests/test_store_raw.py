@@ -16,7 +16,7 @@ from conftest import Procs, wait_for, write
 from enrgdaq_core.broker import query
 from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.runfile import open_part
-from enrgdaq_core.stream import StreamDamage, StreamReader
+from enrgdaq_core.stream import StreamError, StreamReader
 from enrgdaq_core.transport import BrokerAddress
 
 pytestmark = pytest.mark.e2e
@@ -141,8 +141,8 @@ def _wait_records(path: Path, n: int) -> bool:
         return False
     try:
         return len(records(path)) >= n
-    except StreamDamage:
-        return False  # a record half written at this instant: look again
+    except StreamError:  # the file header or a record half written at this instant: look again
+        return False
 
 
 def test_kill_9_keeps_what_was_flushed_and_restart_opens_a_new_part(
