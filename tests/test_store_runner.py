@@ -345,3 +345,20 @@ def test_end_of_stream_with_bad_settings_is_counted_not_fatal(tmp_path: Path) ->
     runner.handle(src.table(sample_table(0, 2)))
     runner.handle(src.end_of_stream())
     assert runner.bad_messages == 2 and be.rows() == []
+
+
+def test_exit_on_eos_waits_for_every_named_source(tmp_path: Path) -> None:
+    """`--from data.a --from data.b --exit-on-eos`: a's end must not end the store while b,
+    slower to start, has not spoken yet."""
+    a, b = Source("a", store={"csv": {}}), Source("b", store={"csv": {}})
+    envs = [a.table(sample_table(0, 2)), a.end_of_stream(), b.table(sample_table(2, 2))]
+    envs.append(b.end_of_stream())
+
+    runner, be = make(tmp_path, flush_rows=1)
+    runner.run(ListInput(list(envs)), StopFlag(), exit_on_eos=True)
+    assert be.rows() == i64(0, 2)  # without the names, a's end was taken as the end
+
+    runner, be = make(tmp_path, flush_rows=1)
+    runner.expect_sources(["data.a", "data.b", "data.", "stats.x"])
+    runner.run(ListInput(list(envs)), StopFlag(), exit_on_eos=True)
+    assert be.rows() == i64(0, 4)

@@ -108,7 +108,10 @@ def store(
         str | None, typer.Option(help="Name in stats [default: store-BACKEND].")
     ] = None,
     exit_on_eos: Annotated[
-        bool, typer.Option(help="Exit once every source seen has sent end-of-stream.")
+        bool,
+        typer.Option(
+            help="Exit once every source seen, and each --from data.SOURCE, has sent end-of-stream."
+        ),
     ] = False,
     state: Annotated[
         Path | None,
@@ -163,6 +166,7 @@ def store(
             require_target=source is None and not topics,
         )
         try:
+            runner.expect_sources(list(topics or []))
             result = runner.run(inp, stop, exit_on_eos=exit_on_eos)
         finally:
             inp.close()

@@ -574,6 +574,13 @@ class StoreRunner:
                 self._stats_source.control(Kind.STATS, self._stats_source.topic, report)
             )
 
+    def expect_sources(self, topics: list[str]) -> None:
+        """With exit-on-EOS, also wait for these topics' sources: exact `data.<source>` topics
+        name a source that must end before the store does, even if it has not spoken yet."""
+        for topic in topics:
+            if topic.startswith("data.") and not topic.endswith((".", "*")) and len(topic) > 5:
+                self._seen_sources.add(topic[len("data.") :])
+
     def run(self, inp: Input, stop: StopFlag, *, exit_on_eos: bool = False) -> StoreResult:
         result = StoreResult(self.meter)
         next_report = time.monotonic() + self.stats_interval
