@@ -166,7 +166,8 @@ def store(
             require_target=source is None and not topics,
         )
         try:
-            runner.expect_sources(list(topics or []))
+            if exit_on_eos:
+                runner.expect_sources(list(topics or []))
             result = runner.run(inp, stop, exit_on_eos=exit_on_eos)
         finally:
             inp.close()
