@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from _store_loop import run_null_store
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 T0 = 1_700_000_000_000_000_000
@@ -151,32 +153,6 @@ def run_writer(backend: str, work: list[pa.Table], out: Path) -> float:
     w.close()
     be.close()
     return time.perf_counter() - t0
-
-
-def run_null_store(stream: Path) -> float:
-    """The store loop with a backend that discards rows: the ceiling on this input."""
-    from enrgdaq_core.channels import StreamInput
-    from enrgdaq_core.jobs.runtime import StopFlag
-    from enrgdaq_core.store_config import CSVStoreConfig
-    from enrgdaq_core.stores.base import Backend, StoreOptions, Writer
-    from enrgdaq_core.stores.runner import StoreRunner
-
-    class Discard(Writer):
-        def write(self, table: pa.Table) -> None:
-            pass
-
-    class Null(Backend):
-        name = "csv"
-        Settings = CSVStoreConfig
-
-        def open(self, dest: Any, schema: Any) -> Writer:
-            return Discard()
-
-    runner = StoreRunner(Null(StoreOptions()), name="bench-null")
-    with stream.open("rb") as f:
-        t0 = time.perf_counter()
-        runner.run(StreamInput(f), StopFlag(), exit_on_eos=True)
-        return time.perf_counter() - t0
 
 
 # -- bare libraries --------------------------------------------------------------------------
@@ -375,7 +351,7 @@ def main() -> int:
                               len(few), "permsg")  # fmt: skip
                     res["bare_one_write_per_message_rows_s"] = round(len(few) / t)
                 results.append(res)
-            t_null = statistics.median(run_null_store(stream) for _ in range(args.repeat))
+            t_null = statistics.median(run_null_store(stream, "csv") for _ in range(args.repeat))
             context["store_loop_without_backend_rows_s"][case] = round(rows / t_null)
             print(f"{'(store loop, no backend)':<11} {case:<26} {round(rows / t_null):>10,} rows/s")
     finally:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from _store_loop import run_null_store
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DAQ = [sys.executable, "-m", "enrgdaq_cli.main"]
@@ -112,33 +114,6 @@ def run_store(backend: str, stream: Path, destination: str, assignments: dict) -
     if result.failed_rows or runner.rejected_rows:
         raise RuntimeError(f"{backend}: {result.failed_rows} failed rows")
     return elapsed
-
-
-def run_null_store(stream: Path) -> float:
-    """The same store loop with a backend that discards the rows: the ceiling any backend
-    can reach on this input (stream reading, envelope decoding, batching)."""
-    from enrgdaq_core.channels import StreamInput
-    from enrgdaq_core.jobs.runtime import StopFlag
-    from enrgdaq_core.store_config import MySQLStoreConfig
-    from enrgdaq_core.stores.base import Backend, StoreOptions, Writer
-    from enrgdaq_core.stores.runner import StoreRunner
-
-    class Discard(Writer):
-        def write(self, table: pa.Table) -> None:
-            pass
-
-    class Null(Backend):
-        name = "mysql"
-        Settings = MySQLStoreConfig
-
-        def open(self, dest: Any, schema: Any) -> Writer:
-            return Discard()
-
-    runner = StoreRunner(Null(StoreOptions()), name="bench-null")
-    with stream.open("rb") as f:
-        t0 = time.perf_counter()
-        runner.run(StreamInput(f), StopFlag(), exit_on_eos=True)
-        return time.perf_counter() - t0
 
 
 def run_store_process(backend: str, stream: Path, destination: str, opts: list[str]) -> float:
@@ -373,7 +348,7 @@ def main() -> int:
                 )
             drop_tables(tables)
             tables.clear()
-            t_null = statistics.median(run_null_store(stream) for _ in range(args.repeat))
+            t_null = statistics.median(run_null_store(stream, "mysql") for _ in range(args.repeat))
             ceilings[case] = round(rows / t_null)
             print(f"{'store loop, no backend, ' + case:<38} {ceilings[case]:>14,} rows/s")
 
