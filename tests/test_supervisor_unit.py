@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write
+from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.config import ConfigError
 from enrgdaq_core.supervisor.control import ControlError, ControlServer, default_endpoint, request
 from enrgdaq_core.supervisor.plan import ChildSpec, RestartSettings, load_plan
-from enrgdaq_core.supervisor.process import Backoff, Child, describe_exit
+from enrgdaq_core.supervisor.process import Child, describe_exit
 from enrgdaq_core.supervisor.runs import RunBook
 from enrgdaq_core.supervisor.statsfiles import (
     REMOTE_COLUMNS,

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from enrgdaq_core.backoff import Backoff
+
 if TYPE_CHECKING:
     from enrgdaq_core.monitor import Monitor, PieceView
 
@@ -481,7 +483,7 @@ class WebhookSender:
     def _deliver(self, alert: Alert) -> None:
         hook = self.hook
         body = payload(alert, hook)
-        wait = hook.retry_seconds
+        backoff = Backoff(hook.retry_seconds, 60.0)
         for attempt in range(hook.retries + 1):
             self.attempts += 1
             try:
@@ -495,13 +497,12 @@ class WebhookSender:
                     "webhook %s: %s%s",
                     hook.url,
                     exc,
-                    "; giving up on this notice" if last else f"; retry in {wait:g} s",
+                    "; giving up on this notice" if last else f"; retry in {backoff.current:g} s",
                 )
                 if last:
                     break
-                if self._sleep(wait):  # the abort event: shutting down, stop retrying
+                if self._sleep(backoff.next_delay()):  # the abort event: shutting down
                     break
-                wait = min(wait * 2, 60.0)
         self.failed += 1
 
     def close(self, timeout: float = 5.0) -> None:

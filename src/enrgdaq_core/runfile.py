@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from enrgdaq_core.atomic import atomic_write
 from enrgdaq_core.envelope import Envelope, node_name
 from enrgdaq_core.stream import (
     RECORD_MARKER,
@@ -478,9 +479,7 @@ def build_index(
         blocks.finish(reader.offset, reader.index)
     elif blocks.current is not None:
         blocks.done.append(blocks.current)
-    tmp = index_path(path).with_name(index_path(path).name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(_index_head(part.head, block_records, block_bytes))
-        out.write(blocks.take())
-    tmp.replace(index_path(path))
+    atomic_write(
+        index_path(path), _index_head(part.head, block_records, block_bytes) + blocks.take()
+    )
     return reader.index, damage

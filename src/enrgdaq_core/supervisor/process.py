@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Literal
 
+from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.supervisor.plan import ChildSpec, RestartSettings
 
 log = logging.getLogger("enrgdaq.supervisor")
@@ -38,23 +39,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit {code}"
-
-
-class Backoff:
-    """Exponential restart delay: initial, doubling to a cap; reset after a healthy run."""
-
-    def __init__(self, initial: float, cap: float, reset_after: float) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.reset_after = reset_after
-        self.failures = 0
-
-    def next_delay(self, ran_for: float) -> float:
-        if ran_for >= self.reset_after:
-            self.failures = 0
-        delay = min(self.cap, self.initial * (2**self.failures))
-        self.failures += 1
-        return delay
 
 
 class _LogFile:
@@ -102,7 +86,9 @@ class Child:
         self.console = console
         self.settings = restart
         self.log = _LogFile(log_dir / f"{spec.name}.log", log_max_bytes)
-        self.backoff = Backoff(restart.initial_delay, restart.max_delay, restart.reset_after)
+        self.backoff = Backoff(
+            restart.initial_delay, restart.max_delay, reset_after=restart.reset_after
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.state: State = "new"
         self.wanted = False  # should be running (False after `ctl stop`, at shutdown)

@@ -9,13 +9,13 @@ directory), so `file_path = "run{run}/sensor.csv"` puts the data beside its reco
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from enrgdaq_core.atomic import atomic_write
 from enrgdaq_core.config import ConfigError, ConfigIssue
 
 
@@ -29,10 +29,7 @@ def _iso(ns: int) -> str:
 
 def _write_json(path: Path, data: Any) -> None:
     """Whole or not at all: a crash mid-write leaves the previous version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 @dataclass

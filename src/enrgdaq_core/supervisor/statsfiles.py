@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from enrgdaq_core.atomic import atomic_write
 
 SEED_STATS_COLUMNS = [
     "supervisor",
@@ -168,7 +169,4 @@ def write_csv(path: Path, columns: list[str], rows: Iterable[Mapping[str, str]])
     writer.writeheader()
     for row in rows:
         writer.writerow({c: row.get(c, "") for c in columns})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
