@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from enrgdaq_core import timefmt
 from enrgdaq_core.envelope import Envelope, Kind
 from enrgdaq_core.stats import StatsReport, primary_rate
 
@@ -52,8 +53,7 @@ _NUMERIC = COLUMNS[5:]
 
 
 def _iso(time_ns: int) -> str:
-    stamp = dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC)
-    return stamp.isoformat(timespec="milliseconds")
+    return timefmt.iso(time_ns, ms=True)
 
 
 class StatsRecorder:

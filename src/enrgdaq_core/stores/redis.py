@@ -20,6 +20,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from enrgdaq_core import timefmt
 from enrgdaq_core.store_config import RedisStoreConfig
 from enrgdaq_core.stores._server import ServerBackend, ServerWriter
 from enrgdaq_core.stores.base import (
@@ -170,7 +171,7 @@ class RedisWriter(ServerWriter):
     def _lists(self, pipe: Any, table: pa.Table) -> None:
         suffix = ""
         if self.expire_seconds:
-            suffix = ":" + _dt.datetime.now().strftime("%Y-%m-%d")
+            suffix = ":" + timefmt.date()
         for name in table.column_names:
             values = [b"" if v is None else v for v in encode_column(table.column(name))]
             item_key = f"{self.key}.{name}{suffix}"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Literal
 
+from enrgdaq_core import timefmt
 from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.supervisor.plan import ChildSpec, RestartSettings
 
@@ -147,7 +148,7 @@ class Child:
         self.stop_sent_at = 0.0
         self.kill_reason = ""
         self.pending_reason = ""
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        stamp = timefmt.stamp()
         why = f" (restart {self.restarts}: {reason})" if reason and self.restarts else ""
         self.log.write(f"--- {stamp} daq up: started pid {self.proc.pid}{why}\n".encode())
         log.info("%s: started pid %d%s", self.name, self.proc.pid, why)
@@ -200,9 +201,7 @@ class Child:
             self._reader.join(timeout=1.0)
         self.proc = None
         self.last_exit = describe_exit(code)
-        self.log.write(
-            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} daq up: {self.last_exit}\n".encode()
-        )
+        self.log.write(f"--- {timefmt.stamp()} daq up: {self.last_exit}\n".encode())
         return code
 
     # -- policy ----------------------------------------------------------------------------

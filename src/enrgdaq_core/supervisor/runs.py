@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from enrgdaq_core import timefmt
 from enrgdaq_core.atomic import atomic_write
 from enrgdaq_core.config import ConfigError, ConfigIssue
 
@@ -24,7 +25,7 @@ def run_dir_name(run: int) -> str:
 
 
 def _iso(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ns / 1e9)) if ns else ""
+    return timefmt.iso(ns) if ns else ""
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -53,3 +53,40 @@ def test_atomic_write_failure_keeps_the_previous_version(
     with pytest.raises(OSError):
         atomic_write(path, "new")
     assert path.read_text() == "old"
+
+
+@pytest.fixture
+def plus_three(monkeypatch: pytest.MonkeyPatch):
+    """A local zone of UTC+03:00 (POSIX TZ strings count west of Greenwich)."""
+    import time
+
+    monkeypatch.setenv("TZ", "XYZ-3")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_times_are_local_and_records_carry_the_offset(plus_three):
+    import datetime as dt
+
+    from enrgdaq_core import timefmt
+
+    ns = 1_764_685_805_123_456_789  # 2025-12-02 14:30:05.123 UTC
+    assert timefmt.iso(ns) == "2025-12-02T17:30:05+03:00"
+    assert timefmt.iso(ns, ms=True) == "2025-12-02T17:30:05.123+03:00"
+    assert timefmt.stamp(ns) == "2025-12-02 17:30:05"
+    assert timefmt.stamp(ns, ms=True) == "2025-12-02 17:30:05.123"
+    assert timefmt.clock(ns, ms=True) == "17:30:05.123"
+    assert timefmt.date(ns) == "2025-12-02"
+    assert timefmt.name_stamp(ns) == "20251202T173005+0300"
+    # a record reads back to the same instant, and a naive time is local
+    assert timefmt.to_ns(dt.datetime.fromisoformat(timefmt.iso(ns, ms=True))) == ns // 10**6 * 10**6
+    assert timefmt.to_ns(dt.datetime(2025, 12, 2, 17, 30, 5)) == ns // 10**9 * 10**9
+
+
+def test_millisecond_digits_are_exact_at_a_second_boundary():
+    from enrgdaq_core import timefmt
+
+    ns = 1_764_685_805_999_999_999  # a float of this rounds up to the next second
+    assert timefmt.clock(ns, ms=True).endswith(":05.999")
