@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Procs, wait_for, write
-from enrgdaq_core.alerts import Alert
+from enrgdaq_core.alert_wire import Alert
 from enrgdaq_core.envelope import Kind, decode_body
 from enrgdaq_core.transport import BrokerAddress, Subscriber
 from test_alerts_unit import Hook

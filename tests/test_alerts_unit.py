@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from enrgdaq_core.alert_wire import Alert
 from enrgdaq_core.alerts import (
-    Alert,
     AlertEngine,
     AlertRule,
     DeliveryError,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
 import msgspec
 import pyarrow as pa
@@ -19,6 +21,7 @@ from enrgdaq_core.envelope import (
     EnvelopeError,
     Header,
     Kind,
+    ShmRef,
     Source,
     decode_header,
     encode_header,
@@ -186,6 +189,48 @@ def test_newer_header_major_is_refused_unknown_fields_are_ignored() -> None:
         {"v": HEADER_VERSION, "kind": "raw", "source": "s", "seq": 3, "future_field": [1, 2]}
     )
     assert decode_header(extended) == Header(kind=Kind.RAW, source="s", seq=3)
+
+
+def _in_shared_memory(env: Envelope) -> Envelope:
+    """`env` as a future shared-memory sender would put it: `shm` set, the payload part empty."""
+    env.header.shm = ShmRef(segment="/daq-ring-0", offset=4096, size=len(env.payload), generation=1)
+    env.payload, env._table = b"", None
+    return env
+
+
+def test_a_shared_memory_header_is_refused_until_shared_memory_exists() -> None:
+    """docs/wire-format.md: this version never writes `shm` and treats such a message as
+    undecodable, rather than taking the empty payload part for the data."""
+    env = _in_shared_memory(Source("s").table(pa.table({"x": [1, 2]})))
+    with pytest.raises(EnvelopeError, match="payload is in shared memory .*does not support"):
+        Envelope.from_frames(env.frames())
+    with pytest.raises(EnvelopeError, match="shared memory"):
+        decode_header(encode_header(env.header))
+
+
+def test_a_store_fed_a_shared_memory_record_writes_no_empty_row(tmp_path: Path) -> None:
+    """Through a pipe the record is undecodable: the store reports it as damage and keeps what
+    came before; it never writes the empty payload as a row."""
+    from _store_data import sample_table
+    from enrgdaq_core.channels import StreamInput
+    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.stores.options import build_backend
+    from enrgdaq_core.stores.runner import StoreRunner
+    from enrgdaq_core.stream import StreamWriter
+
+    src = Source("s", store={"csv": {"file_path": "s.csv"}})
+    buf = io.BytesIO()
+    writer = StreamWriter(buf)
+    writer.write(src.table(sample_table(0, 2)))
+    writer.write(_in_shared_memory(src.table(sample_table(2, 3))))
+    writer.write(src.table(sample_table(5, 1)))
+    buf.seek(0)
+    backend, _ = build_backend("csv", flags={"out_dir": str(tmp_path)})
+    result = StoreRunner(backend, name="t").run(StreamInput(buf), StopFlag())
+    assert "undecodable record" in str(result.damage)
+    assert "shared memory" in str(result.damage)
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2  # the header line and the two rows before the record
 
 
 def test_header_is_plain_msgpack() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from enrgdaq_core.alerts import Alert
+from enrgdaq_core.alert_wire import Alert
 from enrgdaq_core.envelope import Header, Kind, Source
 from enrgdaq_core.monitor import Monitor, sort_pieces
 from enrgdaq_core.stats import LatencyHistogram, Meter, SequenceTracker, StatsReport

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from enrgdaq_core.alert_wire import Alert
 from enrgdaq_core.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -46,28 +47,6 @@ CONDITIONS = (
     "queue_above",
 )
 Severity = Literal["info", "warning", "error", "critical"]
-
-
-class Alert(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One alert transition, as an alerts job sends it (kind ALERT, topic `alert.<job>`)."""
-
-    job: str  # the alerts job that evaluated the rule
-    name: str  # the rule's name
-    condition: str  # one of CONDITIONS
-    state: str  # "raised" or "cleared"
-    node: str  # the piece the alert is about ("" for a piece never seen)
-    piece: str
-    severity: str = "warning"
-    message: str = ""
-    value: float | None = None
-    threshold: float | None = None
-    time_ns: int = msgspec.field(default_factory=time.time_ns)
-    since_ns: int = 0  # when the condition began
-    suppressed: int = 0  # raises held back by the hold-off since the last notice
-
-    @property
-    def key(self) -> str:
-        return f"{self.job}/{self.name}/{self.node}/{self.piece}"
 
 
 class AlertRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -89,6 +89,13 @@ def decode_header(data: bytes | memoryview) -> Header:
         raise EnvelopeError(
             f"header version {header.v} is newer than this reader ({HEADER_VERSION})"
         )
+    if header.shm is not None:
+        # The payload lies in a shared-memory segment this version cannot map: decoding it
+        # would hand on the empty payload frame as the data (docs/wire-format.md, `shm`).
+        raise EnvelopeError(
+            f"{header.source}: the payload is in shared memory ({header.shm.segment}), "
+            "which this reader does not support"
+        )
     return header
 
 
@@ -154,9 +161,12 @@ class Envelope:
         if self.header.kind is not Kind.TABLE:
             raise EnvelopeError(f"{self.topic}: a {self.header.kind} message has no table")
         if self._table is None:
-            from enrgdaq_core.tables import decode_table
+            from enrgdaq_core.tables import TableError, decode_table
 
-            self._table = decode_table(self.payload)
+            try:
+                self._table = decode_table(self.payload)
+            except TableError as exc:
+                raise EnvelopeError(str(exc)) from None
         return self._table
 
     def frames(self) -> list[bytes | memoryview]:

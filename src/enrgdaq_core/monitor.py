@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from enrgdaq_core.alerts import Alert
+from enrgdaq_core.alert_wire import Alert
 from enrgdaq_core.channels import BrokerInput
 from enrgdaq_core.envelope import Envelope, EnvelopeError, Kind, decode_body
 from enrgdaq_core.stats import SequenceTracker, StatsReport, primary_rate

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from enrgdaq_core.envelope import EnvelopeError
+
+class TableError(ValueError):
+    """An Arrow payload that cannot be encoded or decoded.
+
+    Its own class, not `envelope.EnvelopeError`: this module sits below the envelope codec
+    (which imports it lazily) and must not import it back; `Envelope.table()` turns a decode
+    failure into the EnvelopeError consumers count.
+    """
+
 
 ONE_COPY_ABOVE = 1 << 16
 """Tables whose buffers exceed this many bytes are serialised straight into one buffer of the
@@ -67,7 +75,7 @@ def _encode_into_buffer(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
     # Not closed on purpose: close() would append an end-of-stream marker, which the small
     # path does not write; both paths give identical bytes.
     if sink.tell() != size:
-        raise EnvelopeError(f"Arrow IPC size mismatch: wrote {sink.tell()} of {size} bytes")
+        raise TableError(f"Arrow IPC size mismatch: wrote {sink.tell()} of {size} bytes")
     return buf
 
 
@@ -156,4 +164,4 @@ def decode_table(payload: bytes | memoryview) -> pa.Table:
                 del _decode_cache[_SCHEMA_CACHE_SIZE:]
         return table
     except (pa.ArrowInvalid, pa.ArrowException, OSError, EOFError) as exc:
-        raise EnvelopeError(f"undecodable Arrow payload: {exc}") from None
+        raise TableError(f"undecodable Arrow payload: {exc}") from None

@@ -32,6 +32,7 @@ def build_backend(
     name: str,
     *,
     config_file: Path | None = None,
+    config: dict[str, Any] | None = None,
     assignments: dict[str, Any] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> tuple[Backend, dict[str, Any]]:
@@ -39,6 +40,7 @@ def build_backend(
 
     A key given with -O goes to the store options if the backend has it there, else to the
     per-source settings (`[store_config.<backend>]` keys); anything else is an error.
+    `config` is the content of `config_file` when the caller has read it already.
     """
     try:
         cls = backend_class(name)
@@ -47,7 +49,7 @@ def build_backend(
     data: dict[str, Any] = {}
     origin = "command line"
     if config_file is not None:
-        data = read_toml(config_file)
+        data = dict(config) if config is not None else read_toml(config_file)
         origin = str(config_file)
         seed = data.get("daq_job_type")
         if seed and SEED_STORE_TYPES.get(seed, name) != name:

@@ -7,7 +7,8 @@ writes the stats files, numbers the runs and answers a control endpoint (`daq ct
 - `plan`: load and validate a whole directory into the list of processes to run.
 - `process`: the one child-process runner (logs, restart policy, backoff).
 - `supervisor`: the main loop (start order, heartbeats, ordered shutdown).
-- `statsfiles`: stats.csv and stats_remote.csv.
+- `status`: what it shows of itself (the `status` reply, the stats files' contents).
+- `statsfiles`: the rows and columns of stats.csv and stats_remote.csv.
 - `runs`: run numbers, start/stop times, config snapshots.
 - `control`: the control endpoint and its client.
 """

@@ -143,6 +143,26 @@ def _store_type(data: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass
+class _File:
+    """One TOML of the directory, read once and classified; nothing checked yet."""
+
+    path: Path
+    data: dict[str, Any]  # its content: checked, then consulted again for the argv
+    backend: str | None = None  # a store config: its backend; None: a source job
+    issues: list[ConfigIssue] = field(default_factory=list)  # why it cannot be used at all
+
+
+@dataclass
+class _Configs:
+    """The directory's configs once validated: sources, store files, and who sends where."""
+
+    jobs: list[tuple[Path, Any]] = field(default_factory=list)  # (file, Job)
+    store_files: dict[str, _File] = field(default_factory=dict)  # backend -> its store TOML
+    targets: dict[str, list[str]] = field(default_factory=dict)  # backend -> its sources
+    first_user: dict[str, Path] = field(default_factory=dict)  # backend -> first source file
+
+
 def load_plan(
     directory: str | Path,
     *,
@@ -150,37 +170,76 @@ def load_plan(
     out_dir: str | None = None,
     control: str | None = None,
 ) -> Plan:
-    """Validate everything in `directory`; ConfigError carries every problem of every file."""
-    from enrgdaq_core.jobs import load_job
-    from enrgdaq_core.stores import SEED_STORE_TYPES
-    from enrgdaq_core.stores import names as backend_names
+    """Validate everything in `directory`; ConfigError carries every problem of every file.
 
+    Three steps: read and classify every file (once), validate all of it (collecting every
+    issue, in file order), then build the process specs.
+    """
     directory = Path(directory)
+    files = _toml_files(directory)
     issues: list[ConfigIssue] = []
+    sup, sup_file = _read_supervisor(directory, issues)
+    address = _broker_address(broker, sup, sup_file or directory, issues)
+    configs = _validate_files(_classify(files), issues)
+    if not configs.jobs and not issues:
+        issues.append(
+            ConfigIssue(str(directory), "", "no source job configs (*.toml) in this directory")
+        )
+    _route(configs, issues)
+    for backend in sorted(set(configs.targets) - set(configs.store_files)):
+        issues.extend(_check_store(backend, None, origin=configs.first_user[backend]))
+    _check_prometheus(sup, sup_file or directory, issues)
+    if issues:
+        raise ConfigError(issues)
+    assert address is not None
+    return _build(directory, files, sup, sup_file, address, configs, out_dir, control)
+
+
+# -- read and classify ---------------------------------------------------------------------
+
+
+def _toml_files(directory: Path) -> list[Path]:
+    """Every `*.toml` of the directory, sorted; a missing directory is the only issue."""
     if not directory.exists():
         raise ConfigError([ConfigIssue(str(directory), "", "no such directory")])
     if not directory.is_dir():
         raise ConfigError([ConfigIssue(str(directory), "", "is not a directory")])
-    files = sorted(p for p in directory.glob("*.toml") if p.is_file())
+    return sorted(p for p in directory.glob("*.toml") if p.is_file())
 
+
+def _read_supervisor(
+    directory: Path, issues: list[ConfigIssue]
+) -> tuple[SupervisorConfig, Path | None]:
+    """`supervisor.toml` if there is one (its defaults if not, or if it is invalid)."""
     sup_file = directory / SUPERVISOR_FILE
-    sup = SupervisorConfig()
-    if sup_file.is_file():
-        try:
-            sup = convert(read_toml(sup_file), SupervisorConfig, sup_file)
-        except ConfigError as exc:
-            issues.extend(exc.issues)
-    else:
-        sup_file = None  # type: ignore[assignment]
-
-    address: BrokerAddress | None = None
+    if not sup_file.is_file():
+        return SupervisorConfig(), None
     try:
-        address = BrokerAddress.parse(broker or sup.broker or None)
-    except AddressError as exc:
-        where = "--broker" if broker else str(sup_file or directory)
-        issues.append(ConfigIssue(where, "" if broker else "broker", str(exc)))
+        return convert(read_toml(sup_file), SupervisorConfig, sup_file), sup_file
+    except ConfigError as exc:
+        issues.extend(exc.issues)
+        return SupervisorConfig(), sup_file
 
-    jobs: list[tuple[Path, Any]] = []
+
+def _broker_address(
+    broker: str | None, sup: SupervisorConfig, where: Path, issues: list[ConfigIssue]
+) -> BrokerAddress | None:
+    """The broker's address: --broker, else supervisor.toml's, else the default."""
+    try:
+        return BrokerAddress.parse(broker or sup.broker or None)
+    except AddressError as exc:
+        issues.append(
+            ConfigIssue("--broker" if broker else str(where), "" if broker else "broker", str(exc))
+        )
+        return None
+
+
+def _classify(files: list[Path]) -> list[_File]:
+    """Read every config but supervisor.toml once: a store config (by its seed store type) or
+    a source job; a file that is neither usable carries its issues."""
+    from enrgdaq_core.stores import SEED_STORE_TYPES
+
+    out: list[_File] = []
     store_files: dict[str, Path] = {}
     for path in files:
         if path.name == SUPERVISOR_FILE:
@@ -188,46 +247,52 @@ def load_plan(
         try:
             data = read_toml(path)
         except ConfigError as exc:
-            issues.extend(exc.issues)
+            out.append(_File(path, {}, issues=list(exc.issues)))
             continue
         backend = _store_type(data)
         if backend == "":
             known = ", ".join(SEED_STORE_TYPES)
-            issues.append(
-                ConfigIssue(
-                    str(path),
-                    "daq_job_type",
-                    f"unknown store type {data['daq_job_type']!r} (known: {known})",
-                )
-            )
-        elif backend is not None:
-            if backend in store_files:
-                issues.append(
-                    ConfigIssue(
-                        str(path),
-                        "daq_job_type",
-                        f"a second {backend} store config (the first is {store_files[backend]})",
-                    )
-                )
-                continue
-            store_files[backend] = path
-            issues.extend(_check_store(backend, path))
+            message = f"unknown store type {data['daq_job_type']!r} (known: {known})"
+            out.append(_File(path, data, issues=[ConfigIssue(str(path), "daq_job_type", message)]))
+        elif backend is not None and backend in store_files:
+            message = f"a second {backend} store config (the first is {store_files[backend]})"
+            out.append(_File(path, data, issues=[ConfigIssue(str(path), "daq_job_type", message)]))
+        else:
+            if backend is not None:
+                store_files[backend] = path
+            out.append(_File(path, data, backend))
+    return out
+
+
+# -- validate ------------------------------------------------------------------------------
+
+
+def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
+    """Check each file in order: a store as its process will build it, a job by loading it."""
+    from enrgdaq_core.jobs import load_job
+
+    configs = _Configs()
+    for f in files:
+        if f.issues:
+            issues.extend(f.issues)
+        elif f.backend is not None:
+            configs.store_files[f.backend] = f
+            issues.extend(_check_store(f.backend, f.path, data=f.data))
         else:
             try:
-                jobs.append((path, load_job(path)))
+                configs.jobs.append((f.path, load_job(f.path)))
             except ConfigError as exc:
                 issues.extend(exc.issues)
+    return configs
 
-    if not jobs and not issues:
-        issues.append(
-            ConfigIssue(str(directory), "", "no source job configs (*.toml) in this directory")
-        )
+
+def _route(configs: _Configs, issues: list[ConfigIssue]) -> None:
+    """Unique, unreserved source names; which backends each source sends to."""
+    from enrgdaq_core.stores import names as backend_names
 
     names: dict[str, Path] = {}
-    targets: dict[str, list[str]] = {}  # backend -> sources
-    first_user: dict[str, Path] = {}
     known_backends = backend_names()
-    for path, job in jobs:
+    for path, job in configs.jobs:
         key = "name" if job.config.name else ""
         if job.name in RESERVED_NAMES or job.name.startswith(STORE_PREFIX):
             issues.append(
@@ -256,111 +321,38 @@ def load_plan(
                     )
                 )
                 continue
-            targets.setdefault(backend, []).append(job.name)
-            first_user.setdefault(backend, path)
-
-    for backend in sorted(set(targets) - set(store_files)):
-        issues.extend(_check_store(backend, None, origin=first_user[backend]))
-
-    if sup.stats.prometheus:
-        from enrgdaq_core.prometheus import parse_listen
-
-        try:
-            parse_listen(sup.stats.prometheus)
-        except ValueError as exc:
-            issues.append(ConfigIssue(str(sup_file or directory), "stats.prometheus", str(exc)))
-
-    if issues:
-        raise ConfigError(issues)
-    assert address is not None
-
-    from enrgdaq_core.envelope import node_name
-    from enrgdaq_core.supervisor.control import default_endpoint
-
-    out = Path(out_dir or sup.out_dir).expanduser().resolve()
-    daq = daq_command()
-    warnings: list[str] = []
-    broker_spec = ChildSpec(
-        "broker", "broker", [*daq, "broker", "--broker", address.base, "--name", "broker"]
-    )
-    stores: list[ChildSpec] = []
-    for backend in sorted(set(targets) | set(store_files)):
-        sources = targets.get(backend, [])
-        cfg = store_files.get(backend)
-        if not sources:
-            warnings.append(f"{cfg}: no source sends to the {backend} store; not started")
-            continue
-        piece = store_piece(backend)
-        argv = [*daq, "store", backend, "--name", piece, "--broker", address.base]
-        for src in sources:
-            argv += ["--from", f"data.{src}"]
-        if cfg is not None:
-            argv += ["--config", str(cfg.resolve())]
-        own = read_toml(cfg) if cfg is not None else {}
-        if "out_dir" not in own:
-            argv += ["--out-dir", str(out)]
-        argv += ["--state", str(out / STATE_DIR / f"{piece}.json")]
-        stores.append(
-            ChildSpec(
-                piece,
-                "store",
-                argv,
-                config=cfg,
-                backend=backend,
-                topics=tuple(f"data.{s}" for s in sources),
-                snapshot=backend == "raw" and "snapshot" not in own,
-            )
-        )
-    jobs_specs: list[ChildSpec] = []
-    for path, job in jobs:
-        argv = [
-            *daq,
-            "job",
-            "run",
-            str(path.resolve()),
-            "--name",
-            job.name,
-            "-o",
-            "broker",
-            "--broker",
-            address.base,
-        ]
-        jobs_specs.append(
-            ChildSpec(
-                job.name,
-                "job",
-                argv,
-                restart=job.config.restart,
-                config=path,
-                topics=(f"data.{job.name}",),
-                stores=tuple(store_piece(b) for b in job.config.store_config.backends()),
-                interval=job.interval,
-            )
-        )
-    return Plan(
-        directory=directory,
-        config=sup,
-        config_file=sup_file,
-        address=address,
-        control=control or sup.control or default_endpoint(address),
-        out_dir=out,
-        node=sup.node or node_name(),
-        broker=broker_spec,
-        stores=stores,
-        sources=jobs_specs,
-        files=files,
-        warnings=warnings,
-    )
+            configs.targets.setdefault(backend, []).append(job.name)
+            configs.first_user.setdefault(backend, path)
 
 
-def _check_store(backend: str, path: Path | None, origin: Path | None = None) -> list[ConfigIssue]:
-    """Build the backend as its store process will, and check that its server is there."""
+def _check_prometheus(sup: SupervisorConfig, where: Path, issues: list[ConfigIssue]) -> None:
+    if not sup.stats.prometheus:
+        return
+    from enrgdaq_core.prometheus import parse_listen
+
+    try:
+        parse_listen(sup.stats.prometheus)
+    except ValueError as exc:
+        issues.append(ConfigIssue(str(where), "stats.prometheus", str(exc)))
+
+
+def _check_store(
+    backend: str,
+    path: Path | None,
+    origin: Path | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+) -> list[ConfigIssue]:
+    """Build the backend as its store process will, and check that its server is there.
+
+    `data` is the store TOML at `path` as already read (not read again).
+    """
     from enrgdaq_core.stores.options import build_backend
 
     where = str(path or origin or "")
     key = "" if path is not None else f"store_config.{backend}"
     try:
-        be, _ = build_backend(backend, config_file=path)
+        be, _ = build_backend(backend, config_file=path, config=data)
     except ConfigError as exc:
         return list(exc.issues)
     except Exception as exc:  # the backend module cannot load (a library missing)
@@ -375,3 +367,104 @@ def _check_store(backend: str, path: Path | None, origin: Path | None = None) ->
         except Exception:
             pass
     return []
+
+
+# -- build ---------------------------------------------------------------------------------
+
+
+def _build(
+    directory: Path,
+    files: list[Path],
+    sup: SupervisorConfig,
+    sup_file: Path | None,
+    address: BrokerAddress,
+    configs: _Configs,
+    out_dir: str | None,
+    control: str | None,
+) -> Plan:
+    """The plan of a valid directory: the broker, the stores some source sends to, sources."""
+    from enrgdaq_core.envelope import node_name
+    from enrgdaq_core.supervisor.control import default_endpoint
+
+    out = Path(out_dir or sup.out_dir).expanduser().resolve()
+    daq = daq_command()
+    warnings: list[str] = []
+    broker_spec = ChildSpec(
+        "broker", "broker", [*daq, "broker", "--broker", address.base, "--name", "broker"]
+    )
+    return Plan(
+        directory=directory,
+        config=sup,
+        config_file=sup_file,
+        address=address,
+        control=control or sup.control or default_endpoint(address),
+        out_dir=out,
+        node=sup.node or node_name(),
+        broker=broker_spec,
+        stores=_store_specs(daq, address, out, configs, warnings),
+        sources=[_source_spec(daq, address, path, job) for path, job in configs.jobs],
+        files=files,
+        warnings=warnings,
+    )
+
+
+def _store_specs(
+    daq: list[str], address: BrokerAddress, out: Path, configs: _Configs, warnings: list[str]
+) -> list[ChildSpec]:
+    """One store process per backend some source sends to; a store file nobody uses warns."""
+    stores: list[ChildSpec] = []
+    for backend in sorted(set(configs.targets) | set(configs.store_files)):
+        sources = configs.targets.get(backend, [])
+        store_file = configs.store_files.get(backend)
+        cfg = store_file.path if store_file is not None else None
+        if not sources:
+            warnings.append(f"{cfg}: no source sends to the {backend} store; not started")
+            continue
+        piece = store_piece(backend)
+        argv = [*daq, "store", backend, "--name", piece, "--broker", address.base]
+        for src in sources:
+            argv += ["--from", f"data.{src}"]
+        if cfg is not None:
+            argv += ["--config", str(cfg.resolve())]
+        own = store_file.data if store_file is not None else {}
+        if "out_dir" not in own:
+            argv += ["--out-dir", str(out)]
+        argv += ["--state", str(out / STATE_DIR / f"{piece}.json")]
+        stores.append(
+            ChildSpec(
+                piece,
+                "store",
+                argv,
+                config=cfg,
+                backend=backend,
+                topics=tuple(f"data.{s}" for s in sources),
+                snapshot=backend == "raw" and "snapshot" not in own,
+            )
+        )
+    return stores
+
+
+def _source_spec(daq: list[str], address: BrokerAddress, path: Path, job: Any) -> ChildSpec:
+    """One source job: `daq job run FILE` publishing to the broker."""
+    argv = [
+        *daq,
+        "job",
+        "run",
+        str(path.resolve()),
+        "--name",
+        job.name,
+        "-o",
+        "broker",
+        "--broker",
+        address.base,
+    ]
+    return ChildSpec(
+        job.name,
+        "job",
+        argv,
+        restart=job.config.restart,
+        config=path,
+        topics=(f"data.{job.name}",),
+        stores=tuple(store_piece(b) for b in job.config.store_config.backends()),
+        interval=job.interval,
+    )

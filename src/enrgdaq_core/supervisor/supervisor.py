@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 
 from enrgdaq_core.broker import query
@@ -35,17 +34,11 @@ from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.monitor import Monitor, StatsFeed
 from enrgdaq_core.stats import ProcessSampler, StatsReport
 from enrgdaq_core.stats_history import StatsRecorder
+from enrgdaq_core.supervisor import status as status_view
 from enrgdaq_core.supervisor.control import COMMANDS, ControlServer
 from enrgdaq_core.supervisor.plan import Plan
 from enrgdaq_core.supervisor.process import Child, LineSink
 from enrgdaq_core.supervisor.runs import RunBook, RunRecord
-from enrgdaq_core.supervisor.statsfiles import (
-    REMOTE_COLUMNS,
-    STATS_COLUMNS,
-    remote_rows,
-    stats_row,
-    write_csv,
-)
 from enrgdaq_core.transport import TelemetryPublisher
 
 log = logging.getLogger("enrgdaq.supervisor")
@@ -237,7 +230,7 @@ class Supervisor:
             self._gate_sources(now)
         if now >= self._next_stats:
             self._next_stats = now + self.plan.config.stats.interval
-            self.write_stats_files()
+            status_view.write_stats_files(self)
         if self._telemetry is not None and now >= self._next_report:
             self._next_report = now + 1.0
             self._report()
@@ -397,7 +390,7 @@ class Supervisor:
             self.runbook.end(self.record)
             log.info("run %d stopped", self.record.run)
         self.phase = "stopped"
-        self.write_stats_files()
+        status_view.write_stats_files(self)
         if self.on_tick is not None:
             self.on_tick(self)
         if self.forced:
@@ -475,71 +468,11 @@ class Supervisor:
         if self._history is not None:
             self._history.close()
 
-    # -- status and stats files ------------------------------------------------------------
-
-    def piece_status(self, child: Child, now: float | None = None) -> dict[str, Any]:
-        now = time.monotonic() if now is None else now
-        view = self.monitor.get(self.plan.node, child.name)
-        report = msgspec.to_builtins(view.report) if view is not None else None
-        return {
-            "name": child.name,
-            "role": child.spec.role,
-            "state": child.state,
-            "alive": child.alive,
-            "pid": child.pid,
-            "uptime_s": round(child.uptime(now), 3),
-            "restarts": child.restarts,
-            "restart_reasons": dict(child.reasons),
-            "last_restart_ns": child.last_restart_ns,
-            "last_exit": child.last_exit,
-            "restart_policy": child.spec.restart,
-            "heartbeat_age_s": round(now - view.last_seen, 3) if view is not None else None,
-            "log": str(child.log.path),
-            "report": report,
-        }
+    # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "node": self.plan.node,
-            "directory": str(self.plan.directory),
-            "broker": self.plan.address.base,
-            "control": self.plan.control,
-            "out_dir": str(self.plan.out_dir),
-            "phase": self.phase,
-            "pid": os.getpid(),
-            "uptime_s": round(now - self.started_at, 3),
-            "run": self.record.to_dict() if self.record is not None else {"run": self.run_number},
-            "pieces": [self.piece_status(c, now) for c in self.children.values()],
-        }
-
-    def write_stats_files(self) -> None:
-        stats = self.plan.config.stats
-        try:
-            pieces = [self.piece_status(c) for c in self.children.values()]
-            path = self.plan.out_path(stats.file)
-            if path is not None:
-                write_csv(path, STATS_COLUMNS, [stats_row(self.plan.node, p) for p in pieces])
-            remote = self.plan.out_path(stats.remote_file)
-            if remote is not None:
-                ours = {c.name for c in self.children.values()}
-                seen: list[tuple[str, dict[str, Any], bool]] = []
-                for p in pieces:
-                    if p["report"] is not None:
-                        seen.append((self.plan.node, p["report"], p["alive"]))
-                now = time.monotonic()
-                for view in self.monitor.pieces(now=now):
-                    if view.node == self.plan.node and view.piece in ours:
-                        continue
-                    fresh = view.status(now) not in ("stale", "stopped")
-                    if view.node == self.plan.node and view.piece == "supervisor":
-                        fresh = self.phase != "stopped"  # that is us
-                    seen.append((view.node, msgspec.to_builtins(view.report), fresh))
-                if not seen:
-                    seen.append((self.plan.node, {}, self.phase != "stopped"))
-                write_csv(remote, REMOTE_COLUMNS, remote_rows(seen))
-        except OSError as exc:
-            log.warning("cannot write the stats files: %s", exc)
+        """The `daq ctl status` reply (built by supervisor/status.py, which owns the view)."""
+        return status_view.status(self)
 
     # -- control ---------------------------------------------------------------------------
 
