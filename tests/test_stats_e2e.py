@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DAQ, Procs, wait_for, write
-from enrgdaq_core.broker import query
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Kind
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.transport import BrokerAddress, Subscriber
