@@ -113,7 +113,7 @@ def processes() -> Iterator[Processes]:
 
 def start_broker(procs: Processes) -> Any:
     """A real `daq broker` process; returns its BrokerAddress once it answers."""
-    from enrgdaq_core.broker import query
+    from enrgdaq_core.broker_client import query
     from enrgdaq_core.transport import BrokerAddress
 
     addr = BrokerAddress.parse(f"ipc://{procs.workdir}/broker")
@@ -247,7 +247,7 @@ def run_ours(
     `daq broker` (`addr` names it): what the broker's counting side path costs, apart from
     our Python at both ends.
     """
-    from enrgdaq_core.broker import wait_for_subscriptions
+    from enrgdaq_core.broker_client import wait_for_subscriptions
     from enrgdaq_core.envelope import Kind, data_topic
     from enrgdaq_core.stats import SequenceTracker
     from enrgdaq_core.transport import Subscriber

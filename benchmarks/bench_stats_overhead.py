@@ -66,7 +66,7 @@ def _one_run(
 ) -> tuple[float, dict[str, float]]:
     """Messages/s from the first to the last data message at the receiver, and the CPU per
     message (us) of the producer, the broker and the receiver between 10% and 90% of the run."""
-    from enrgdaq_core.broker import wait_for_subscriptions
+    from enrgdaq_core.broker_client import wait_for_subscriptions
     from enrgdaq_core.envelope import Kind, Source, data_topic
     from enrgdaq_core.stats import Meter
     from enrgdaq_core.transport import Subscriber, TelemetryPublisher

@@ -298,7 +298,7 @@ def start_store(
 
 def publisher(broker: Any, sources: list[str]) -> Any:
     """A Publisher on the broker once a store subscribed to every source's data topic."""
-    from enrgdaq_core.broker import wait_for_subscriptions
+    from enrgdaq_core.broker_client import wait_for_subscriptions
     from enrgdaq_core.transport import Publisher
 
     assert wait_for_subscriptions(broker, [f"data.{s}" for s in sources], timeout=30)

@@ -115,7 +115,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
 
 def start_broker(procs: Procs, base: str, *args: str) -> tuple[BrokerAddress, subprocess.Popen]:
     """Start a real `daq broker` on `base` (extra flags in `args`) and wait until it answers."""
-    from enrgdaq_core.broker import query
+    from enrgdaq_core.broker_client import query
 
     addr = BrokerAddress.parse(base)
     p = procs.start("broker", "--broker", addr.base, *args)

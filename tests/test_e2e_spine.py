@@ -119,7 +119,7 @@ def test_job_pipe_is_flushed_while_the_job_waits(procs: Procs, tmp_path: Path) -
 def test_tap_pipe_is_flushed_while_idle(
     procs: Procs, broker: BrokerAddress, tmp_path: Path
 ) -> None:
-    from enrgdaq_core.broker import wait_for_subscriptions
+    from enrgdaq_core.broker_client import wait_for_subscriptions
 
     procs.env.pop("PYTHONUNBUFFERED", None)
     cfg = write(tmp_path / "slow.toml", 'daq_job_type = "test"\ninterval_seconds = 600\n')

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import wait_for
-from enrgdaq_core.broker import wait_for_subscriptions
+from enrgdaq_core.broker_client import wait_for_subscriptions
 from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.tables import decode_table, encode_table, encode_table_view
 from enrgdaq_core.transport import BrokerAddress, Publisher, Subscriber

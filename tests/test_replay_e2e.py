@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import DAQ, Procs, wait_for, write
-from enrgdaq_core.broker import query
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Envelope, Header, Kind
 from enrgdaq_core.runfile import RunFileWriter, index_path, open_part, run_meta
 from enrgdaq_core.stream import StreamReader

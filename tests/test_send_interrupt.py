@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Procs, start_broker, wait_for, write
-from enrgdaq_core.broker import query
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.transport import Subscriber
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DAQ, Procs, wait_for, write
-from enrgdaq_core.broker import query
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Kind
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.transport import BrokerAddress, Subscriber
@@ -304,8 +304,11 @@ def test_watch_table_in_a_real_terminal(
     )
 
     tmux.keys("q")
+    # wait for the stty line too: it is printed after EXIT1, and may lag it under load
     screen = wait_for(
-        lambda: s if "EXIT1=" in (s := tmux.capture()) else None, 20, what="exit on q"
+        lambda: s if re.search(r"^-?icanon$", s := tmux.capture(), re.M) else None,
+        20,
+        what="exit on q, then the terminal's mode",
     )
     assert "EXIT1=0" in screen
     assert "Traceback" not in screen

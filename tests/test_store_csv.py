@@ -32,7 +32,7 @@ from _store_data import (
     write_stream,
 )
 from conftest import Procs, wait_for, write
-from enrgdaq_core.broker import wait_for_subscriptions
+from enrgdaq_core.broker_client import wait_for_subscriptions
 from enrgdaq_core.envelope import Source
 from enrgdaq_core.stream import StreamReader
 from enrgdaq_core.transport import BrokerAddress, Publisher

@@ -13,7 +13,7 @@ import pytest
 
 from _store_data import envelopes, sample_table, source, stream_bytes, write_stream
 from conftest import Procs, wait_for, write
-from enrgdaq_core.broker import query
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.runfile import open_part
 from enrgdaq_core.stream import StreamError, StreamReader

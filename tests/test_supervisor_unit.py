@@ -12,7 +12,8 @@ import pytest
 from conftest import write
 from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.config import ConfigError
-from enrgdaq_core.supervisor.control import ControlError, ControlServer, default_endpoint, request
+from enrgdaq_core.reqrep import RemoteError
+from enrgdaq_core.supervisor.control import ControlServer, default_endpoint, request
 from enrgdaq_core.supervisor.plan import ChildSpec, RestartSettings, load_plan
 from enrgdaq_core.supervisor.process import Child, describe_exit
 from enrgdaq_core.supervisor.runs import RunBook
@@ -413,7 +414,7 @@ def test_control_round_trip_and_refusal(runtime_dir: Path) -> None:
             "ok": True,
             "echo": {"cmd": "status", "job": "a"},
         }
-        with pytest.raises(ControlError, match="no piece named 'x'"):
+        with pytest.raises(RemoteError, match="no piece named 'x'"):
             request(endpoint, "restart", job="x")
     finally:
         t.join(10)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Procs, start_broker, wait_for, write
-from enrgdaq_core.broker import query, wait_for_subscriptions
+from enrgdaq_core.broker_client import query, wait_for_subscriptions
 from enrgdaq_core.envelope import Envelope, Kind, Source, decode_body
+from enrgdaq_core.reqrep import RemoteError
 from enrgdaq_core.stats import SequenceTracker, StatsReport
 from enrgdaq_core.transport import (
     DEFAULT_TCP_PORT,
@@ -185,7 +186,8 @@ def test_broker_reports_counters_and_stats(broker: BrokerAddress) -> None:
         status = query(broker, "status")
         assert status["topics"]["data.counted"][0] == 7
         assert status["topics"]["data.counted"][1] > 7 * 5
-        assert "error" in query(broker, "reboot")
+        with pytest.raises(RemoteError, match="unknown command 'reboot'"):
+            query(broker, "reboot")
 
         def report() -> StatsReport | None:
             env = stats.recv(2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Annotated, Any
 
 import typer
@@ -53,13 +52,12 @@ def _endpoint(control: str | None, address: str | None) -> str:
 
 
 def _ask(endpoint: str, cmd: str, timeout: float, **args: Any) -> dict[str, Any]:
-    from enrgdaq_core.supervisor.control import ControlError, request
+    from enrgdaq_core.reqrep import RemoteError
+    from enrgdaq_core.supervisor.control import request
 
     try:
         return request(endpoint, cmd, timeout=timeout, **args)
-    except TimeoutError as exc:
-        fail(str(exc))
-    except ControlError as exc:
+    except (TimeoutError, RemoteError) as exc:
         fail(str(exc))
 
 
@@ -235,13 +233,16 @@ def logs(
         return
     sys.stdout.write(answer.get("text", ""))
     sys.stdout.flush()
-    offset = answer.get("offset", 0)
+    if not follow:
+        return
+    from enrgdaq_core.reqrep import RemoteError
+    from enrgdaq_core.supervisor.control import follow_logs
+
     try:
-        while follow:
-            time.sleep(0.5)
-            answer = _ask(endpoint, "logs", timeout, job=job, offset=offset)
-            sys.stdout.write(answer.get("text", ""))
+        for text in follow_logs(endpoint, job, answer.get("offset", 0), timeout=timeout):
+            sys.stdout.write(text)
             sys.stdout.flush()
-            offset = answer.get("offset", offset)
+    except (TimeoutError, RemoteError) as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         pass

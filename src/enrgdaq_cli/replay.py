@@ -343,7 +343,7 @@ def _play(
         addr = broker_address(address if to in (None, "broker") else to)
         out = BrokerOutput(addr, wait=wait)
         if wait_for:
-            from enrgdaq_core.broker import wait_for_subscriptions
+            from enrgdaq_core.broker_client import wait_for_subscriptions
 
             if not wait_for_subscriptions(addr, list(wait_for), timeout=wait):
                 out.close()

@@ -101,7 +101,7 @@ def stats(
 
 
 def _snapshot(addr: Any, *, json_out: bool, wait: float, stale: float, sort: str) -> None:
-    from enrgdaq_core.broker import query
+    from enrgdaq_core.broker_client import query
     from enrgdaq_core.monitor import collect
 
     try:

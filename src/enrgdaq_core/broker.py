@@ -18,10 +18,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import zmq
 
-from enrgdaq_core.envelope import TOPIC_END, Kind, Source, decode_body, encode_body
+from enrgdaq_core.envelope import TOPIC_END, Kind, Source
+from enrgdaq_core.reqrep import Server
 from enrgdaq_core.stats import ProcessSampler, StatsReport
 from enrgdaq_core.transport import (
     _NOBLOCK,
@@ -31,8 +31,8 @@ from enrgdaq_core.transport import (
     CurveKeys,
     TelemetryPublisher,
     _recv,
-    _secure,
     _send_parts,
+    make_socket,
 )
 
 _CAPTURE = "inproc://enrgdaq-broker-capture"
@@ -104,36 +104,44 @@ class Broker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
-        if endpoint.startswith("ipc://"):
-            path = endpoint[len("ipc://") :]
-            if os.path.exists(path):
-                os.unlink(path)  # stale socket of a broker that died; bind would fail otherwise
-        _secure(sock, endpoint, self.keys, server=True)
-        sock.bind(endpoint)
+    def _socket(self, kind: int, endpoint: str, **options: int) -> zmq.Socket:
+        """Bind one endpoint; an ipc socket file already there was left by a broker that
+        died (a bind would fail on it), so it is replaced."""
+        return make_socket(
+            kind,
+            endpoint,
+            bind=True,
+            keys=self.keys,
+            ctx=self._ctx,
+            replace_stale=True,
+            **options,
+        )
 
     def bind(self) -> None:
         """Bind every endpoint now, so a caller can report where we listen before `run()`."""
-        ctx = self._ctx
-        self._xsub = ctx.socket(zmq.XSUB)
-        self._xsub.rcvhwm = self.hwm
-        self._xpub = ctx.socket(zmq.XPUB)
-        self._xpub.setsockopt(zmq.XPUB_NODROP, 1)
-        self._xpub.sndhwm = self.hwm
-        self._xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, for counting
-        self._capture = ctx.socket(zmq.PAIR)
+        address = self.address
+        self._xsub = self._socket(zmq.XSUB, address.inbound, rcvhwm=self.hwm)
+        self._xpub = self._socket(
+            zmq.XPUB,
+            address.outbound,
+            xpub_nodrop=1,
+            sndhwm=self.hwm,
+            xpub_verboser=1,  # every (un)subscribe, for counting
+        )
         # The counter must see everything, so the proxy blocks when it falls `hwm` messages
         # behind (backpressure, like every other queue) rather than queueing without bound:
         # an unbounded capture queue let the broker's memory grow with the backlog.
-        self._capture.sndhwm = self.hwm
-        self._capture.bind(_CAPTURE)
-        self._monitor = ctx.socket(zmq.XPUB)  # no XPUB_NODROP: a slow monitor drops, as PUB
-        self._monitor.sndhwm = MONITOR_HWM
-        self._control = ctx.socket(zmq.REP)
-        self._bind(self._xsub, self.address.inbound)
-        self._bind(self._xpub, self.address.outbound)
-        self._bind(self._monitor, self.address.monitor)
-        self._bind(self._control, self.address.control)
+        self._capture = self._socket(zmq.PAIR, _CAPTURE, sndhwm=self.hwm)
+        # no XPUB_NODROP: a slow monitor drops, as PUB
+        self._monitor = self._socket(zmq.XPUB, address.monitor, sndhwm=MONITOR_HWM)
+        snapshot = self._snapshot
+        self._control = Server(
+            address.control,
+            {"status": snapshot, "subscriptions": snapshot, "counters": snapshot},
+            keys=self.keys,
+            ctx=self._ctx,
+            replace_stale=True,
+        )
         # Take everything from every source: the monitor endpoint and the counters see all
         # traffic even when no lossless consumer asked for it.
         self._xsub.send(b"\x01")
@@ -174,10 +182,8 @@ class Broker:
         # topic frame maps to its counter without a decode, the pyzmq calls are the plain ones
         # (see transport._recv_parts), and a message is republished only when a monitor asked
         # for its topic (`daq stats --watch` takes stats.*, not every data message).
-        sock = self._ctx.socket(zmq.PAIR)
-        sock.rcvhwm = self.hwm
-        sock.rcvtimeo = 100  # when idle, wake up to see monitors (un)subscribe
-        sock.connect(_CAPTURE)
+        # rcvtimeo: when idle, wake up to see monitors (un)subscribe
+        sock = make_socket(zmq.PAIR, _CAPTURE, ctx=self._ctx, rcvhwm=self.hwm, rcvtimeo=100)
         state = self.state
         counters = state.counters
         routes: dict[bytes, _Route] = {}
@@ -239,23 +245,14 @@ class Broker:
             sock.close(linger=0)
             monitor.close(linger=0)
 
+    def _snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.state.snapshot()
+
     def _serve_control(self) -> None:
-        sock = self._control
         try:
-            while True:
-                request = sock.recv()
-                try:
-                    cmd = decode_body(request, dict).get("cmd")
-                except Exception:
-                    cmd = None
-                if cmd in ("status", "subscriptions", "counters"):
-                    sock.send(encode_body(self.state.snapshot()))
-                else:
-                    sock.send(encode_body({"error": f"unknown command {cmd!r}"}))
-        except zmq.ContextTerminated:
-            pass
+            self._control.serve(self._stop.is_set)
         finally:
-            sock.close(linger=0)
+            self._control.close()
 
     def _publish_stats(self) -> None:
         pub = TelemetryPublisher(self.address, ctx=self._ctx)
@@ -340,36 +337,3 @@ def _monitor_subscriptions(monitor: zmq.Socket, watched: set[bytes]) -> bool:
         elif msg[:1] == b"\x00":
             watched.discard(msg[1:])
             changed = True
-
-
-def query(address: BrokerAddress, cmd: str = "status", timeout: float = 2.0) -> dict[str, Any]:
-    """Ask a running broker (its control endpoint); raises TimeoutError if none answers."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.linger = 0
-    try:
-        sock.connect(address.control)
-        sock.send(encode_body({"cmd": cmd}))
-        if not sock.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no broker answered at {address.control}")
-        return msgspec.msgpack.decode(sock.recv())
-    finally:
-        sock.close()
-
-
-def wait_for_subscriptions(
-    address: BrokerAddress, topics: list[str], timeout: float = 10.0
-) -> bool:
-    """True once a lossless consumer has subscribed to each topic (the slow-joiner guard)."""
-    want = {t.rstrip("*") for t in topics}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            subs = query(address, "subscriptions", timeout=1.0)["subscriptions"]
-        except TimeoutError:
-            subs = []
-        have = {s.rstrip("$") for s in subs}
-        if all(any(t.startswith(h) for h in have) for t in want):
-            return True
-        time.sleep(0.05)
-    return False

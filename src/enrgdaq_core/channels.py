@@ -83,14 +83,15 @@ class BrokerOutput:
         self._baseline: dict[str, int] | None = baseline
 
     def _broker_counts(self) -> dict[str, int] | None:
-        from enrgdaq_core.broker import query
+        from enrgdaq_core.broker_client import query
+        from enrgdaq_core.reqrep import RemoteError
 
         try:
             timeout = min(2.0, max(0.2, self.drain_timeout))
             snap = query(self.address, "counters", timeout=timeout)
             topics = snap["topics"]
             start = float(snap["started"])  # the broker's own clock: a slow reply changes nothing
-        except (TimeoutError, KeyError, TypeError, ValueError):
+        except (TimeoutError, RemoteError, KeyError, TypeError, ValueError):
             return None
         if self._broker_start is None:
             self._broker_start = start

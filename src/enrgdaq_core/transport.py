@@ -12,6 +12,7 @@ stalls anyone); `ctl` answers questions about the broker (REP: subscriptions, co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -129,7 +130,7 @@ class BrokerAddress:
 class CurveKeys:
     """CURVE keys for tcp endpoints: a server (broker) has its secret; clients know its public.
 
-    Reserved for several-host setups: every socket below goes through `_secure` so keys apply
+    Reserved for several-host setups: every socket is made by `make_socket`, so keys apply
     everywhere at once when configured.
     """
 
@@ -155,6 +156,44 @@ def context() -> zmq.Context:
     return zmq.Context.instance()
 
 
+def make_socket(
+    kind: int,
+    endpoint: str,
+    *,
+    bind: bool = False,
+    keys: CurveKeys | None = None,
+    server: bool | None = None,
+    ctx: zmq.Context | None = None,
+    replace_stale: bool = False,
+    **options: int,
+) -> zmq.Socket:
+    """Every zmq socket of the project is made here: create, CURVE, options, bind or connect.
+
+    One place so that security settings reach every socket at once (CURVE keys apply to tcp
+    endpoints; on ipc and inproc they do nothing). `options` are socket options by their
+    pyzmq attribute name (`sndhwm=1000`, `linger=0`, `xpub_nodrop=1`), set before the
+    bind/connect so that they apply to it. `server` is the CURVE role, the binding side by
+    default. `replace_stale` removes an ipc socket file left by a dead owner before binding
+    (a bind would fail on it); the caller decides that it is stale.
+    """
+    sock = (ctx or context()).socket(kind)
+    try:
+        for name, value in options.items():
+            setattr(sock, name, value)
+        _secure(sock, endpoint, keys, server=bind if server is None else server)
+        if bind:
+            if replace_stale and endpoint.startswith("ipc://"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(endpoint[len("ipc://") :])
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
 class Publisher:
     """The lossless data path of a source: XPUB connected to the broker's `in`.
 
@@ -172,12 +211,9 @@ class Publisher:
         ctx: zmq.Context | None = None,
     ) -> None:
         self.address = address
-        self._sock = (ctx or context()).socket(zmq.XPUB)
-        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self._sock.sndhwm = hwm
-        self._sock.linger = -1
-        _secure(self._sock, address.inbound, keys, server=False)
-        self._sock.connect(address.inbound)
+        self._sock = make_socket(
+            zmq.XPUB, address.inbound, keys=keys, ctx=ctx, xpub_nodrop=1, sndhwm=hwm, linger=-1
+        )
         self._subscribed = False
         self._topics: dict[str, bytes] = {}
 
@@ -272,11 +308,9 @@ class TelemetryPublisher:
         keys: CurveKeys | None = None,
         ctx: zmq.Context | None = None,
     ) -> None:
-        self._sock = (ctx or context()).socket(zmq.PUB)
-        self._sock.sndhwm = 100
-        self._sock.linger = 500
-        _secure(self._sock, address.inbound, keys, server=False)
-        self._sock.connect(address.inbound)
+        self._sock = make_socket(
+            zmq.PUB, address.inbound, keys=keys, ctx=ctx, sndhwm=100, linger=500
+        )
         self.dropped = 0
 
     def send(self, env: Envelope) -> None:
@@ -303,12 +337,14 @@ class Subscriber:
         ctx: zmq.Context | None = None,
     ) -> None:
         self.mode = mode
-        self._sock = (ctx or context()).socket(zmq.SUB)
-        self._sock.rcvhwm = hwm or (DATA_HWM if mode == "lossless" else MONITOR_HWM)
-        self._sock.linger = 0
-        endpoint = address.outbound if mode == "lossless" else address.monitor
-        _secure(self._sock, endpoint, keys, server=False)
-        self._sock.connect(endpoint)
+        self._sock = make_socket(
+            zmq.SUB,
+            address.outbound if mode == "lossless" else address.monitor,
+            keys=keys,
+            ctx=ctx,
+            rcvhwm=hwm or (DATA_HWM if mode == "lossless" else MONITOR_HWM),
+            linger=0,
+        )
         self.prefixes = [subscription(t) for t in topics] or [b""]
         for prefix in self.prefixes:
             self._sock.subscribe(prefix)

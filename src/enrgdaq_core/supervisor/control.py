@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import msgspec
 import zmq
 
-from enrgdaq_core.envelope import decode_body, encode_body
-from enrgdaq_core.transport import BrokerAddress, runtime_dir
+from enrgdaq_core.reqrep import Handler, RemoteError, Server
+from enrgdaq_core.reqrep import request as _request
+from enrgdaq_core.transport import BrokerAddress, CurveKeys, runtime_dir
+
+__all__ = ["COMMANDS", "ControlServer", "default_endpoint", "follow_logs", "request"]
 
 COMMANDS = ("status", "restart", "stop", "start", "run", "logs")
-
-
-class ControlError(RuntimeError):
-    """The supervisor refused a request (unknown job, bad command): the message says why."""
+FOLLOW_INTERVAL = 0.5  # s between two `logs` requests of `daq ctl logs -f`
 
 
 def default_endpoint(address: BrokerAddress) -> str:
@@ -37,68 +38,86 @@ def _ipc_path(endpoint: str) -> str | None:
     return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
 
 
-class ControlServer:
-    """The supervisor's side: bind, then `recv()` when the socket polls readable."""
+class ControlServer(Server):
+    """The supervisor's side: a `reqrep.Server` that refuses to steal a live supervisor's
+    socket, and removes its ipc socket file when it closes."""
 
-    def __init__(self, endpoint: str, *, ctx: zmq.Context | None = None) -> None:
-        self.endpoint = endpoint
-        self._sock = (ctx or zmq.Context.instance()).socket(zmq.REP)
-        self._sock.linger = 0
+    def __init__(
+        self,
+        endpoint: str,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        expected: tuple[type[BaseException], ...] = (),
+        keys: CurveKeys | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
         path = _ipc_path(endpoint)
+        stale = False
         if path and os.path.exists(path):
             try:
                 request(endpoint, "ping", timeout=0.5)
-            except (TimeoutError, ControlError):
-                os.unlink(path)  # left by a supervisor that died
+            except (TimeoutError, RemoteError):
+                stale = True  # left by a supervisor that died
             else:
-                self._sock.close()
                 raise ConnectionError(f"another `daq up` is already running at {endpoint}")
         try:
-            self._sock.bind(endpoint)
+            super().__init__(
+                endpoint,
+                handlers,
+                known=COMMANDS,
+                expected=expected,
+                keys=keys,
+                ctx=ctx,
+                replace_stale=stale,
+            )
         except zmq.ZMQError as exc:
-            self._sock.close()
             raise ConnectionError(f"cannot bind the control endpoint {endpoint}: {exc}") from None
 
-    @property
-    def socket(self) -> zmq.Socket:
-        return self._sock
-
-    def recv(self) -> dict[str, Any] | None:
-        """The next request, or None if none is waiting (or it was not a request)."""
-        try:
-            data = self._sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
-        try:
-            req = decode_body(data, dict)
-        except Exception:
-            self.reply({"error": "undecodable request"})
-            return None
-        return req
-
-    def reply(self, body: dict[str, Any]) -> None:
-        self._sock.send(encode_body(body))
-
     def close(self) -> None:
-        self._sock.close(linger=0)
+        super().close()
         path = _ipc_path(self.endpoint)
         if path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
 
-def request(endpoint: str, cmd: str, *, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
-    """Ask a running supervisor; TimeoutError when none answers, ControlError when it refuses."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.linger = 0
-    try:
-        sock.connect(endpoint)
-        sock.send(encode_body({"cmd": cmd, **args}))
-        if not sock.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no `daq up` answered at {endpoint} (is one running?)")
-        answer = msgspec.msgpack.decode(sock.recv())
-    finally:
-        sock.close()
-    if isinstance(answer, dict) and answer.get("error"):
-        raise ControlError(str(answer["error"]))
-    return answer
+def request(
+    endpoint: str,
+    cmd: str,
+    *,
+    timeout: float = 5.0,
+    keys: CurveKeys | None = None,
+    **args: Any,
+) -> dict[str, Any]:
+    """Ask a running supervisor; TimeoutError when none answers, RemoteError when it refuses."""
+    return _request(
+        endpoint,
+        {"cmd": cmd, **args},
+        timeout=timeout,
+        keys=keys,
+        expect="`daq up`",
+        hint=" (is one running?)",
+    )
+
+
+def follow_logs(
+    endpoint: str,
+    job: str,
+    offset: int,
+    *,
+    timeout: float = 5.0,
+    interval: float = FOLLOW_INTERVAL,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[str]:
+    """The text appended to one piece's log from `offset` on, as it grows (`logs -f`).
+
+    Never ends by itself (the caller stops iterating, or Ctrl-C); raises like `request`.
+    A rotated log starts over at the beginning of the new file (the supervisor sees to it).
+    """
+    while True:
+        sleep(interval)
+        answer = request(endpoint, "logs", timeout=timeout, job=job, offset=offset)
+        offset = answer.get("offset", offset)
+        text = answer.get("text", "")
+        if text:
+            yield text

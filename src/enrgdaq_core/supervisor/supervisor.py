@@ -28,14 +28,14 @@ from typing import Any
 
 import zmq
 
-from enrgdaq_core.broker import query
-from enrgdaq_core.config import ConfigError
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.monitor import Monitor, StatsFeed
 from enrgdaq_core.stats import ProcessSampler, StatsReport
 from enrgdaq_core.stats_history import StatsRecorder
 from enrgdaq_core.supervisor import status as status_view
-from enrgdaq_core.supervisor.control import COMMANDS, ControlServer
+from enrgdaq_core.supervisor.commands import EXPECTED_ERRORS, SupervisorCommands
+from enrgdaq_core.supervisor.control import ControlServer
 from enrgdaq_core.supervisor.plan import Plan
 from enrgdaq_core.supervisor.process import Child, LineSink
 from enrgdaq_core.supervisor.runs import RunBook, RunRecord
@@ -45,7 +45,6 @@ log = logging.getLogger("enrgdaq.supervisor")
 
 POLL_SECONDS = 0.25  # the loop's tick: reaping, restarts and timers are this fine
 BROKER_READY_TIMEOUT = 30.0
-LOG_TAIL_BYTES = 64 * 1024
 
 # Restarts we cause on purpose skip the backoff: they are not failures.
 _IMMEDIATE = {"requested"}
@@ -113,7 +112,9 @@ class Supervisor:
     def run(self) -> int:
         """Start everything, supervise until asked to stop, stop in order; the exit code."""
         try:
-            self._control = ControlServer(self.plan.control)
+            self._control = ControlServer(
+                self.plan.control, SupervisorCommands(self).handlers, expected=EXPECTED_ERRORS
+            )
             self._poller.register(self._control.socket, zmq.POLLIN)
             self.run_number = self.runbook.next_number(self.plan.config.run.first)
             self._startup()
@@ -477,131 +478,7 @@ class Supervisor:
     # -- control ---------------------------------------------------------------------------
 
     def _serve_control(self) -> None:
+        """Answer the waiting `daq ctl` requests (supervisor/commands.py); a deferred one
+        (`run next`) is answered by `_step` once `_deferred` returns its reply."""
         assert self._control is not None
-        while self._deferred is None:
-            req = self._control.recv()
-            if req is None:
-                return
-            try:
-                answer = self.handle_request(req)
-            except (ConfigError, OSError, ValueError, KeyError) as exc:
-                answer = {"error": str(exc)}
-            if answer is not None:
-                self._control.reply(answer)
-
-    def handle_request(self, req: dict[str, Any]) -> dict[str, Any] | None:
-        """Answer one control request; None when the answer comes later (`run next`)."""
-        cmd = req.get("cmd")
-        if cmd == "ping":
-            return {"ok": True}
-        if cmd == "status":
-            return self.status()
-        if cmd == "run":
-            return self._run_command(str(req.get("action") or "show"))
-        if cmd not in COMMANDS:
-            return {"error": f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})"}
-        name = str(req.get("job") or "")
-        child = self.children.get(name)
-        if child is None:
-            known = ", ".join(self.children)
-            return {"error": f"no piece named {name!r} (known: {known})"}
-        if cmd == "logs":
-            return self._logs(child, req.get("offset"), int(req.get("lines") or 50))
-        if self.phase != "running":
-            return {"error": f"the supervisor is {self.phase}; try again when it runs"}
-        if cmd == "restart":
-            if child.alive:
-                child.terminate("requested")
-                return {"ok": True, "message": f"restarting {name} (pid {child.pid})"}
-            child.pending_reason = "requested" if child.starts else ""
-            self._start(child)
-            return {"ok": True, "message": f"started {name} (pid {child.pid})"}
-        if cmd == "stop":
-            if not child.alive:
-                child.wanted = False
-                child.state = "stopped"
-                return {"ok": True, "message": f"{name} is not running"}
-            child.wanted = False
-            child.terminate("stopped")
-            return {"ok": True, "message": f"stopping {name} (pid {child.pid})"}
-        if cmd == "start":
-            if child.alive:
-                return {"error": f"{name} is already running (pid {child.pid})"}
-            child.pending_reason = ""
-            self._start(child)
-            return {"ok": True, "message": f"started {name} (pid {child.pid})"}
-        return {"error": f"unknown command {cmd!r}"}
-
-    def _run_command(self, action: str) -> dict[str, Any] | None:
-        if action == "show":
-            return {"ok": True, "run": self.status()["run"], "runs": self.runbook.records()}
-        if action != "next":
-            return {"error": f"unknown run action {action!r} (expected next or show)"}
-        if self.phase != "running":
-            return {"error": f"the supervisor is {self.phase}; try again when it runs"}
-        old = self.record
-        running = [c for c in self.sources if c.wanted]
-        for child in running:
-            child.wanted = False
-            child.terminate("run")
-        deadline = time.monotonic() + self.plan.config.shutdown_timeout
-        log.info("run %d: stopping sources for the next run", self.run_number)
-
-        def finish() -> dict[str, Any] | None:
-            if any(c.alive for c in running):
-                if time.monotonic() < deadline:
-                    return None
-                for c in running:
-                    c.kill("run")
-                return None
-            if old is not None:
-                self.runbook.end(old)
-                log.info("run %d stopped", old.run)
-            self.run_number = self.runbook.next_number()
-            self.record = None
-            self._snapshot()
-            for c in running:
-                c.pending_reason = ""
-                self._start(c)
-            if self.record is None:  # no source to start: record the run anyway
-                self._begin_run()
-            return {
-                "ok": True,
-                "message": f"run {old.run if old else 0} closed, run {self.run_number} started",
-                "run": self.record.to_dict(),
-            }
-
-        self._deferred = finish
-        return None
-
-    def _logs(self, child: Child, offset: Any, lines: int) -> dict[str, Any]:
-        path = child.log.path
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return {"ok": True, "path": str(path), "offset": 0, "text": ""}
-        with open(path, "rb") as f:
-            if offset is None:
-                start = max(0, size - LOG_TAIL_BYTES)
-                f.seek(start)
-                data = f.read()
-                text = data.decode(errors="replace").splitlines()[-lines:] if lines else []
-                return {
-                    "ok": True,
-                    "path": str(path),
-                    "offset": size,
-                    "text": "\n".join(text) + ("\n" if text else ""),
-                }
-            offset = int(offset)
-            if offset > size:  # rotated: start over in the new file
-                offset = 0
-            f.seek(offset)
-            data = f.read(LOG_TAIL_BYTES)
-            cut = data.rfind(b"\n") + 1  # hand out whole lines only
-            data = data[:cut]
-            return {
-                "ok": True,
-                "path": str(path),
-                "offset": offset + len(data),
-                "text": data.decode(errors="replace"),
-            }
+        self._control.serve_pending()
