@@ -68,74 +68,6 @@ def _say(answer: dict[str, Any], json_out: bool) -> None:
         typer.echo(answer.get("message", "ok"))
 
 
-def _fmt_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def status_table(status: dict[str, Any], width: int = 80) -> Any:
-    """The status of a `daq up` as a rich table (also the live view of `daq up`).
-
-    Fits 80 columns; rows written and the last exit are added on wider terminals.
-    """
-    from rich import box
-    from rich.table import Table
-
-    from enrgdaq_core.render import compact
-
-    wide = width >= 110
-    run = status.get("run") or {}
-    title = (
-        f"{status.get('node', '')}  run {run.get('run', '-')}  {status.get('phase', '')}  "
-        f"broker {status.get('broker', '')}"
-    )
-    table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1)
-    )
-    columns = [
-        ("piece", "left"),
-        ("state", "left"),
-        ("pid", "right"),
-        ("up", "right"),
-        ("rst", "right"),
-        ("in/s", "right"),
-        ("out/s", "right"),
-        ("lost", "right"),
-        ("p99ms", "right"),
-        ("beat", "right"),
-    ]
-    if wide:
-        columns += [("rows", "right"), ("last exit", "left")]
-    for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    styles = {"running": "green", "backoff": "yellow", "failed": "bold red", "stopping": "yellow"}
-    for p in status.get("pieces", []):
-        r = p.get("report") or {}
-        state = p.get("state", "")
-        lost = int(r.get("lost", 0) or 0)
-        cells = [
-            p["name"],
-            f"[{styles.get(state, 'dim')}]{state}[/]",
-            str(p.get("pid") or "-"),
-            _fmt_age(p.get("uptime_s")) if p.get("alive") else "-",
-            str(p.get("restarts", 0)),
-            compact(r.get("rate_in")),
-            compact(r.get("rate_out")),
-            f"[bold red]{lost}[/]" if lost else "0",
-            compact(r.get("latency_p99_ms")),
-            _fmt_age(p.get("heartbeat_age_s")),
-        ]
-        if wide:
-            cells += [compact(r.get("rows_out")), p.get("last_exit", "")]
-        table.add_row(*cells)
-    return table
-
-
 @app.command("status")
 def status(
     control: ControlOpt = None,
@@ -152,6 +84,8 @@ def status(
         typer.echo(json.dumps(answer, default=str))
         return
     from rich.console import Console
+
+    from enrgdaq_core.render import status_table
 
     console = Console()
     console.print(status_table(answer, console.width))

@@ -325,42 +325,20 @@ def _play(
     wait: float,
     show_progress: bool,
 ) -> None:
-    from enrgdaq_core.channels import BrokerOutput, StreamOutput, stdout_is_pipe
     from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
+    from enrgdaq_core.replay import replay_output
 
     # --broker given on the command line means "publish there"; DAQ_BROKER alone does not
     source = ctx.get_parameter_source("address")
     explicit_broker = getattr(source, "name", "") == "COMMANDLINE"
-    first = rp.parts[0]
-    meta = {
-        "writer": "daq replay",
-        "run": first.run,
-        "replay_of": [str(p.path) for p in rp.parts],
-    }
-    out: Any
-    lines = False
+    broker = None
     if to is not None or explicit_broker:
-        addr = broker_address(address if to in (None, "broker") else to)
-        out = BrokerOutput(addr, wait=wait)
-        if wait_for:
-            from enrgdaq_core.broker_client import wait_for_subscriptions
-
-            if not wait_for_subscriptions(addr, list(wait_for), timeout=wait):
-                out.close()
-                fail(f"no consumer subscribed to {', '.join(wait_for)} within {wait:g} s")
-    elif output == "-" or (output is None and stdout_is_pipe()):
-        out = StreamOutput(sys.stdout.buffer, meta)
-    elif output is not None:
-        from enrgdaq_core.runfile import RunFileWriter
-
-        run_meta = {k: v for k, v in first.meta.items() if k != "created_ns"}
-        run_meta.update(writer="daq replay", replay_of=meta["replay_of"])
-        try:
-            out = _RunFileOutput(RunFileWriter(output, run_meta))
-        except FileExistsError:
-            fail(f"{output} exists (a run file is never overwritten)", EXIT_USAGE)
-    else:
-        out, lines = None, True
+        broker = broker_address(address if to in (None, "broker") else to)
+    try:
+        out = replay_output(rp, broker=broker, output=output, wait=wait, wait_for=wait_for or ())
+    except FileExistsError:
+        fail(f"{output} exists (a run file is never overwritten)", EXIT_USAGE)
+    lines = out is None
     stop = StopFlag()
     install_signal_handlers(stop)
     bar = _Bar() if show_progress and not lines else None
@@ -372,32 +350,19 @@ def _play(
         def on_record(number: int, env: Any) -> None:
             typer.echo(f"#{number} {envelope_line(env, latency=False)}")
 
-    def send(env: Any) -> None:
-        if out is not None:
-            out.send(env)
-
-    # a stream or run file gets each record's bytes as read (no re-encoding: exact and fast)
-    writer = getattr(out, "writer", None)
-    verbatim = writer.write_record if writer is not None else None
-
     try:
-        result = rp.run(
-            send,
+        result = rp.play(
+            out,
             speed=speed,
             loop=loop,
             count=count,
             stop=stop,
             on_record=on_record,
             progress=bar.update if bar else None,
-            before_wait=out.flush if out is not None else None,
-            verbatim=verbatim,
         )
     finally:
         if bar is not None:
             bar.close()
-        if out is not None:
-            out.flush()
-            out.close()
     mb = result.bytes_read / 1e6
     rate = mb / result.elapsed if result.elapsed > 0 else 0.0
     summary = (
@@ -416,19 +381,3 @@ def _play(
             f"(record {result.damage[0].record}); everything before it was replayed "
             "(--ignore-damage goes on past it)"
         )
-
-
-class _RunFileOutput:
-    """-o FILE: a new run file with its index (a cut of a run is itself a run file)."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def send(self, env: Any) -> None:
-        self.writer.write(env)
-
-    def flush(self) -> None:
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()

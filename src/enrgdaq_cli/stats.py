@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,31 +120,6 @@ def _snapshot(addr: Any, *, json_out: bool, wait: float, stale: float, sort: str
     print_stats(monitor, sort=sort, broker=addr.base)
 
 
-class _Keys:
-    """Single keys from the terminal (cbreak: no Enter needed; Ctrl-C still signals)."""
-
-    def __init__(self) -> None:
-        import termios
-        import tty
-
-        self.fd = sys.stdin.fileno()
-        self._saved = termios.tcgetattr(self.fd)
-        tty.setcbreak(self.fd)
-
-    def read(self) -> bytes:
-        import os
-
-        try:
-            return os.read(self.fd, 64)
-        except OSError:
-            return b""
-
-    def restore(self) -> None:
-        import termios
-
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
-
-
 def _run(
     addr: Any,
     *,
@@ -157,16 +131,16 @@ def _run(
     refresh: float,
     duration: float | None,
 ) -> None:
-    import zmq
-
     from enrgdaq_core.monitor import Monitor, StatsFeed
+    from enrgdaq_core.watch import TerminalKeys, watch_loop
 
     monitor = Monitor(stale_after=stale)
     feed = StatsFeed(addr, monitor)
     exporter = None
     recorder = None
-    keys: _Keys | None = None
+    keys: TerminalKeys | None = None
     live = None
+    draw = None
     stop = stop_on_signals()
     try:
         if serve is not None:
@@ -188,8 +162,6 @@ def _run(
                 fail(f"cannot write {record}: {exc}")
             recorder.follow(monitor)
             typer.echo(f"recording stats to {record}", err=True)
-        poller = zmq.Poller()
-        poller.register(feed.socket, zmq.POLLIN)
         if watch:
             from rich.console import Console
             from rich.live import Live
@@ -197,8 +169,7 @@ def _run(
             from enrgdaq_core.render import stats_view
 
             if sys.stdin.isatty():
-                keys = _Keys()
-                poller.register(keys.fd, zmq.POLLIN)
+                keys = TerminalKeys(sys.stdin.fileno())
             console = Console()
 
             def view() -> Any:
@@ -208,28 +179,13 @@ def _run(
 
             live = Live(view(), console=console, auto_refresh=False, transient=False)
             live.start()
+
+            def draw() -> None:
+                live.update(view(), refresh=True)
+
         elif serve is None:
             typer.echo("recording; Ctrl-C stops", err=True)
-        end = None if duration is None else time.monotonic() + duration
-        next_draw = time.monotonic() + refresh
-        while not stop.is_set():
-            now = time.monotonic()
-            if end is not None and now >= end:
-                break
-            timeout = min(next_draw - now, 0.25) if live is not None else 0.25
-            try:
-                events = dict(poller.poll(max(0, int(timeout * 1000))))
-            except zmq.ZMQError:
-                continue  # interrupted by a signal: the loop condition decides
-            if feed.socket in events:
-                feed.poll(0)
-            if keys is not None and keys.fd in events:
-                pressed = keys.read()
-                if b"q" in pressed.lower() or b"\x1b" in pressed:
-                    break
-            if live is not None and time.monotonic() >= next_draw:
-                live.update(view(), refresh=True)
-                next_draw = time.monotonic() + refresh
+        watch_loop(feed, stop=stop, draw=draw, refresh=refresh, duration=duration, keys=keys)
     finally:
         if live is not None:
             live.stop()

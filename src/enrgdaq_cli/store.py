@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -38,14 +36,6 @@ Examples:
 
   daq store csv --config configs/store_csv.toml   # a seed-style store config
 """
-
-
-def _stdin_is_stream() -> bool:
-    try:
-        mode = os.fstat(0).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
 
 
 def store(
@@ -123,7 +113,7 @@ def store(
     ] = None,
     address: BrokerOpt = None,
 ) -> None:
-    from enrgdaq_core.channels import StreamInput, open_input
+    from enrgdaq_core.channels import open_input, store_source
     from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
     from enrgdaq_core.stores.options import build_backend, parse_assignments
     from enrgdaq_core.stores.runner import StoreRunner
@@ -141,18 +131,8 @@ def store(
         setup_logging(be.options.verbosity, piece)
         be.check()
         addr = broker_address(address)
-        source = (
-            input_
-            if input_ is not None
-            else (None if topics else ("-" if _stdin_is_stream() else None))
-        )
-        if source == "-":
-            # Our own file object on a copy of fd 0: its reader thread may still be blocked in
-            # read() when we exit after end-of-stream, and sys.stdin's lock must stay free
-            # for the interpreter's shutdown.
-            inp = StreamInput(open(os.dup(0), "rb"))  # noqa: SIM115 - read by its thread
-        else:
-            inp = open_input(source, addr, list(topics or ["data."]))
+        source = store_source(input_, topics=bool(topics))
+        inp = open_input(source, addr, list(topics or ["data."]))
         telemetry = TelemetryPublisher(addr)
         stop = StopFlag()
         install_signal_handlers(stop)

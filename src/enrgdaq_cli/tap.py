@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
-import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from enrgdaq_cli._common import BrokerOpt, broker_address, errors, stop_on_signals
+
+if TYPE_CHECKING:
+    from enrgdaq_core.channels import StreamOutput
+    from enrgdaq_core.envelope import Envelope
 
 HELP = """Subscribe to topics and show what flows: a line per message on a terminal, the
 envelope stream when stdout is a pipe.
@@ -43,43 +47,40 @@ def tap(
     ] = None,
 ) -> None:
     from enrgdaq_core.channels import BrokerInput, StreamOutput, stdout_is_pipe
-    from enrgdaq_core.envelope import Kind
-    from enrgdaq_core.stats import SequenceTracker
+    from enrgdaq_core.tap import tap as run_tap
 
     addr = broker_address(address)
     stream = output == "-" or (output is None and stdout_is_pipe())
-    inp = BrokerInput(addr, topics or [""], mode="lossless" if lossless else "monitor")
-    out = StreamOutput(sys.stdout.buffer) if stream else None
-    seqs = SequenceTracker()
-    seen = 0
     stop = stop_on_signals()
-    if not stream:
-        from enrgdaq_core.render import envelope_line
-    last = flushed = time.monotonic()
     with errors():
+        inp = BrokerInput(addr, topics or [""], mode="lossless" if lossless else "monitor")
+        out = StreamOutput(sys.stdout.buffer) if stream else None
         try:
-            while not stop.is_set() and (count is None or seen < count):
-                env = inp.recv(0.2)
-                if out is not None and (env is None or time.monotonic() - flushed >= 0.1):
-                    out.flush()  # a pipe reader must not wait for a full buffer
-                    flushed = time.monotonic()
-                if env is None:
-                    if timeout is not None and time.monotonic() - last > timeout:
-                        break
-                    continue
-                last = time.monotonic()
-                seen += 1
-                gap = seqs.observe(env.header) if env.kind is not Kind.STATS else 0
-                if out is not None:
-                    out.send(env)
-                else:
-                    line = envelope_line(env)
-                    if gap:
-                        line += f"  [missed {gap}]"
-                    typer.echo(line)
+            result = run_tap(
+                inp,
+                _stream_sink(out) if out is not None else _line_sink(),
+                stop=stop,
+                count=count,
+                idle_timeout=timeout,
+                on_idle=out.flush if out is not None else None,
+            )
         finally:
             if out is not None:
                 out.close()
             inp.close()
-    if seqs.total_lost:
-        typer.echo(f"tap: missed {seqs.total_lost} message(s) (monitor mode)", err=True)
+    if result.missed:
+        typer.echo(f"tap: missed {result.missed} message(s) (monitor mode)", err=True)
+
+
+def _stream_sink(out: StreamOutput) -> Callable[[Envelope, int], None]:
+    return lambda env, _gap: out.send(env)
+
+
+def _line_sink() -> Callable[[Envelope, int], None]:
+    from enrgdaq_core.render import envelope_line
+
+    def sink(env: Envelope, gap: int) -> None:
+        line = envelope_line(env)
+        typer.echo(f"{line}  [missed {gap}]" if gap else line)
+
+    return sink

@@ -144,7 +144,7 @@ def up(
         from rich.live import Live
         from rich.text import Text
 
-        from enrgdaq_cli.ctl import status_table
+        from enrgdaq_core.render import status_table
 
         display = Live(auto_refresh=False, transient=False, redirect_stderr=False)
 

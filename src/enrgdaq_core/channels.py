@@ -7,12 +7,15 @@ functions, so `daq job run x.toml | daq store csv` and the broker path behave th
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import zmq
 
@@ -142,10 +145,55 @@ class BrokerOutput:
             )
 
 
+FLUSH_EVERY = 0.1  # seconds: the most a stream output holds data back while it is busy
+
+
 class StreamOutput:
-    def __init__(self, fileobj: BinaryIO, meta: dict | None = None) -> None:
+    """Writes the envelope stream to a pipe or file, holding data back at most FLUSH_EVERY.
+
+    A pipe's reader must not wait for a full buffer: `send` flushes once FLUSH_EVERY has
+    passed since the last flush (a busy writer), and a caller about to wait (a paced job,
+    an idle tap) calls `flush()` first.
+    """
+
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        meta: dict | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.writer = StreamWriter(fileobj, meta)
         self._f = fileobj
+        self._clock = clock
+        self._flushed = clock()
+
+    def send(self, env: Envelope) -> None:
+        self.writer.write(env)
+        now = self._clock()
+        if now - self._flushed >= FLUSH_EVERY:
+            self.writer.flush()
+            self._flushed = now
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._flushed = self._clock()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._f.flush()
+
+
+class RunFileOutput:
+    """A new run file with its index (`daq replay -o FILE`: a cut of a run is itself a run file).
+
+    FileExistsError if the file exists: a run file written earlier is data.
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any]) -> None:
+        from enrgdaq_core.runfile import RunFileWriter
+
+        self.writer = RunFileWriter(path, meta)
 
     def send(self, env: Envelope) -> None:
         self.writer.write(env)
@@ -154,8 +202,7 @@ class StreamOutput:
         self.writer.flush()
 
     def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            self._f.flush()
+        self.writer.close()
 
 
 class BrokerInput:
@@ -251,6 +298,25 @@ class StreamInput:
         pass
 
 
+def stdin_is_stream(fd: int = 0) -> bool:
+    """stdin is a pipe, a file or a socket (`... | daq store csv`, `< run.raw`), not a terminal."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+def store_source(given: str | None, *, topics: bool, stdin_fd: int = 0) -> str | None:
+    """Where `daq store` reads: `given` (-i), else the broker when topics are named (--from),
+    else stdin when it is a stream, else the broker (None)."""
+    if given is not None:
+        return given
+    if topics:
+        return None
+    return "-" if stdin_is_stream(stdin_fd) else None
+
+
 def stdout_is_pipe() -> bool:
     try:
         return not sys.stdout.isatty()
@@ -285,10 +351,16 @@ def open_input(
     mode: Mode = "lossless",
     hwm: int | None = None,
     keys: CurveKeys | None = None,
+    stdin_fd: int = 0,
 ) -> Input:
-    """`-` reads the stream from stdin; None or `broker` subscribes to `topics`."""
+    """`-` reads the stream from stdin; None or `broker` subscribes to `topics`; else a file.
+
+    stdin is read through our own file object on a copy of `stdin_fd`: the reader thread may
+    still be blocked in read() when the command exits after end-of-stream, and sys.stdin's
+    lock must stay free for the interpreter's shutdown.
+    """
     if source == "-":
-        return StreamInput(sys.stdin.buffer)
+        return StreamInput(open(os.dup(stdin_fd), "rb"))  # noqa: SIM115 - read by its thread
     if source in (None, "broker"):
         return BrokerInput(address, topics, mode=mode, hwm=hwm, keys=keys)
     return StreamInput(open(source, "rb"))  # noqa: SIM115 - read to the end by the thread

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from enrgdaq_core.envelope import TOPIC_END, Envelope, Kind, subscription
 from enrgdaq_core.runfile import (
@@ -30,6 +31,10 @@ from enrgdaq_core.runfile import (
 from enrgdaq_core.stats import SequenceTracker
 from enrgdaq_core.stores.paths import parse_period
 from enrgdaq_core.stream import Record, StreamDamage, StreamReader
+
+if TYPE_CHECKING:
+    from enrgdaq_core.channels import Output
+    from enrgdaq_core.transport import BrokerAddress
 
 POSITION_HELP = (
     "rec:N (record number, from 0), seconds from the first record (90, 90s, 1.5m, 2h), "
@@ -451,6 +456,92 @@ class Replay:
             result.messages,
             time.monotonic() - t_start,
         )
+
+    def play(
+        self,
+        out: Output | None,
+        *,
+        speed: float = 0.0,
+        loop: bool = False,
+        count: int | None = None,
+        stop: _Stop | None = None,
+        on_record: Callable[[int, Envelope], None] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> ReplayResult:
+        """`run` into an output (None: only `on_record` sees the messages), then close it.
+
+        A stream or run file output gets each record's bytes as read (no re-encoding: exact
+        and fast); a pipe is flushed before each pacing pause.
+        """
+
+        def send(env: Envelope) -> None:
+            if out is not None:
+                out.send(env)
+
+        writer = getattr(out, "writer", None)
+        try:
+            return self.run(
+                send,
+                speed=speed,
+                loop=loop,
+                count=count,
+                stop=stop,
+                on_record=on_record,
+                progress=progress,
+                before_wait=out.flush if out is not None else None,
+                verbatim=writer.write_record if writer is not None else None,
+            )
+        finally:
+            if out is not None:
+                out.flush()
+                out.close()
+
+
+# -- where a replay goes --------------------------------------------------------------------
+
+
+def replay_output(
+    rp: Replay,
+    *,
+    broker: BrokerAddress | None = None,
+    output: str | None = None,
+    pipe: bool | None = None,
+    stdout: BinaryIO | None = None,
+    wait: float = 10.0,
+    wait_for: Sequence[str] = (),
+) -> Output | None:
+    """The output `daq replay` writes to; None means a line per message on the terminal.
+
+    In order: a broker (waiting up to `wait` for it, then for a lossless consumer of each
+    `wait_for` topic: ConnectionError if none comes); the stream on `stdout` when `output`
+    is `-`, or unset and stdout is a pipe; a new run file at `output` (FileExistsError if it
+    exists), with the first part's run settings.
+    """
+    from enrgdaq_core.channels import BrokerOutput, RunFileOutput, StreamOutput, stdout_is_pipe
+
+    replay_of = [str(p.path) for p in rp.parts]
+    first = rp.parts[0]
+    if broker is not None:
+        out = BrokerOutput(broker, wait=wait)
+        if wait_for:
+            from enrgdaq_core.broker_client import wait_for_subscriptions
+
+            if not wait_for_subscriptions(broker, list(wait_for), timeout=wait):
+                out.close()
+                raise ConnectionError(
+                    f"no consumer subscribed to {', '.join(wait_for)} within {wait:g} s"
+                )
+        return out
+    if pipe is None:
+        pipe = stdout_is_pipe()
+    if output == "-" or (output is None and pipe):
+        meta = {"writer": "daq replay", "run": first.run, "replay_of": replay_of}
+        return StreamOutput(stdout if stdout is not None else sys.stdout.buffer, meta)
+    if output is not None:
+        run_meta = {k: v for k, v in first.meta.items() if k != "created_ns"}
+        run_meta.update(writer="daq replay", replay_of=replay_of)
+        return RunFileOutput(output, run_meta)
+    return None
 
 
 # -- --info -------------------------------------------------------------------------------

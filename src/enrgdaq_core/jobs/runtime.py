@@ -23,8 +23,6 @@ from enrgdaq_core.transport import TelemetryPublisher
 
 log = logging.getLogger("enrgdaq.job")
 
-FLUSH_EVERY = 0.1  # seconds: the most a stream output holds data back
-
 
 class StopFlag:
     """Set by signals or by the caller; `wait()` doubles as an interruptible sleep."""
@@ -110,7 +108,6 @@ def run_job(
     meter = Meter(job.name, "job")
     interval = job.interval
     next_report = time.monotonic() + stats_interval
-    flushed = time.monotonic()
     sent = 0
     job.start()
     try:
@@ -143,12 +140,10 @@ def run_job(
                 if delay < -interval:  # fell behind by more than a step: do not burst to catch up
                     deadline = time.monotonic()
             # A pipe's buffer must not sit on data while we sleep (a 1 Hz sensor would reach
-            # the store seconds late, and a kill would lose it): flush before waiting, and at
-            # least every FLUSH_EVERY seconds when running flat out.
-            if delay > 0 or now - flushed >= FLUSH_EVERY:
-                output.flush()
-                flushed = now
+            # the store seconds late, and a kill would lose it): flush before waiting. Running
+            # flat out, the stream output flushes itself (channels.FLUSH_EVERY).
             if delay > 0:
+                output.flush()
                 stop.wait(delay)
     finally:
         try:
