@@ -73,12 +73,16 @@ class ListOutput:
     def __init__(self) -> None:
         self.sent: list[Envelope] = []
         self.flushed = 0
+        self.flush_dues = 0
 
     def send(self, env: Envelope) -> None:
         self.sent.append(env)
 
     def flush(self) -> None:
         self.flushed += 1
+
+    def flush_due(self) -> None:
+        self.flush_dues += 1
 
     def close(self) -> None:
         pass
@@ -219,6 +223,22 @@ class ScriptedJob(Job):
 
     def stop(self) -> None:
         self.calls.append("stop")
+
+
+def test_an_unpaced_job_offers_a_flush_after_every_step() -> None:
+    """A digitizer's step blocks until its next trigger: the events it returned before must
+    not wait in a pipe's buffer for that (the stream output flushes when they are due)."""
+    table = pa.table({"x": pa.array([1], pa.int32())})
+    out = ListOutput()
+    seen: list[int] = []
+
+    class Waiting(ScriptedJob):
+        def step(self) -> Any:
+            seen.append(out.flush_dues)
+            return super().step()
+
+    run_job(Waiting([table]), out, stop=StopFlag(), max_messages=3)
+    assert seen == [0, 1, 2]
 
 
 def test_run_job_stamps_publishes_and_ends_with_eos() -> None:

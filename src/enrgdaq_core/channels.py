@@ -31,6 +31,9 @@ class EndOfInput(Exception):
 class Output(Protocol):
     def send(self, env: Envelope) -> None: ...
     def flush(self) -> None: ...
+    def flush_due(self) -> None:
+        """Flush if data has been held back FLUSH_EVERY (a producer calls it after each step)."""
+
     def close(self) -> None: ...
 
 
@@ -109,6 +112,9 @@ class BrokerOutput:
     def flush(self) -> None:
         pass
 
+    def flush_due(self) -> None:
+        pass
+
     def unconfirmed(self) -> int:
         """Messages sent that the broker has not counted yet (all of them if it is silent)."""
         counts = self._broker_counts()
@@ -170,6 +176,9 @@ class StreamOutput:
 
     def send(self, env: Envelope) -> None:
         self.writer.write(env)
+        self.flush_due()
+
+    def flush_due(self) -> None:
         now = self._clock()
         if now - self._flushed >= FLUSH_EVERY:
             self.writer.flush()
@@ -200,6 +209,9 @@ class RunFileOutput:
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def flush_due(self) -> None:
+        pass  # a file has no reader waiting: flushed before a wait and at close
 
     def close(self) -> None:
         self.writer.close()

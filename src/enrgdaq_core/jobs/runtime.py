@@ -141,10 +141,13 @@ def run_job(
                     deadline = time.monotonic()
             # A pipe's buffer must not sit on data while we sleep (a 1 Hz sensor would reach
             # the store seconds late, and a kill would lose it): flush before waiting. Running
-            # flat out, the stream output flushes itself (channels.FLUSH_EVERY).
+            # flat out, at most every channels.FLUSH_EVERY (a step that blocks for its next
+            # event must not hold the previous ones back).
             if delay > 0:
                 output.flush()
                 stop.wait(delay)
+            else:
+                output.flush_due()
     finally:
         try:
             output.send(source.end_of_stream())
