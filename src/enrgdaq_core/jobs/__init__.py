@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,18 +22,29 @@ from enrgdaq_core.config import (
 )
 from enrgdaq_core.jobs.base import Job, JobConfig
 
-_BUILTINS = {
-    "sensor": "enrgdaq_core.jobs.sensor:SensorJob",
-    "digitizer": "enrgdaq_core.jobs.digitizer:DigitizerJob",
-    "metrics": "enrgdaq_core.jobs.metrics:MetricsJob",
-    "test": "enrgdaq_core.jobs.test_job:TestJob",
-    "alerts": "enrgdaq_core.jobs.alerts:AlertsJob",
-}
-_ALIASES = {
-    "DAQJobTest": "test",
-    "DAQJobPCMetrics": "metrics",
-    "pc_metrics": "metrics",
-}
+# The built-in job classes, in the order `daq job list` shows them. Their names, and the seed's
+# names they answer to, are the classes' own `type_name` and `aliases`; the classes are
+# imported on first use, so importing this package (as `daq --help` does) stays cheap.
+_BUILTIN_CLASSES = (
+    "enrgdaq_core.jobs.sensor:SensorJob",
+    "enrgdaq_core.jobs.digitizer:DigitizerJob",
+    "enrgdaq_core.jobs.metrics:MetricsJob",
+    "enrgdaq_core.jobs.test_job:TestJob",
+    "enrgdaq_core.jobs.alerts:AlertsJob",
+)
+
+
+@functools.cache
+def _builtins() -> dict[str, type[Job]]:
+    """type_name -> class of every built-in job."""
+    classes = [_load(path) for path in _BUILTIN_CLASSES]
+    return {cls.type_name: cls for cls in classes}
+
+
+@functools.cache
+def _aliases() -> dict[str, str]:
+    """A seed name (`DAQJobTest`) -> the built-in type_name it stands for."""
+    return {alias: cls.type_name for cls in _builtins().values() for alias in cls.aliases}
 
 
 def _load(path: str) -> type[Job]:
@@ -51,14 +63,16 @@ def _plugins() -> dict[str, Any]:
 
 def names() -> list[str]:
     """Every job type name this installation knows (built-ins first, then plugins)."""
-    return list(_BUILTINS) + sorted(n for n in _plugins() if n not in _BUILTINS)
+    builtins = _builtins()
+    return list(builtins) + sorted(n for n in _plugins() if n not in builtins)
 
 
 def resolve(type_name: str) -> type[Job]:
     """The Job class for a `daq_job_type` value; LookupError says what is known."""
-    name = _ALIASES.get(type_name, type_name)
-    if name in _BUILTINS:
-        return _load(_BUILTINS[name])
+    name = _aliases().get(type_name, type_name)
+    builtin = _builtins().get(name)
+    if builtin is not None:
+        return builtin
     plugin = _plugins().get(name)
     if plugin is not None:
         cls = plugin.load()
@@ -72,7 +86,7 @@ def resolve(type_name: str) -> type[Job]:
             raise LookupError(f"cannot import {name!r}: {exc}") from None
         except TypeError as exc:
             raise LookupError(str(exc)) from None
-    choices = names() + sorted(_ALIASES)
+    choices = names() + sorted(_aliases())
     close = difflib.get_close_matches(type_name, choices, n=1, cutoff=0.75)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise LookupError(

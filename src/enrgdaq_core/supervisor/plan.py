@@ -152,8 +152,7 @@ def load_plan(
 ) -> Plan:
     """Validate everything in `directory`; ConfigError carries every problem of every file."""
     from enrgdaq_core.jobs import load_job
-    from enrgdaq_core.stores import SEED_STORE_TYPES
-    from enrgdaq_core.stores import names as backend_names
+    from enrgdaq_core.stores import SEED_STORE_TYPES, process_refusal
 
     directory = Path(directory)
     issues: list[ConfigIssue] = []
@@ -226,7 +225,6 @@ def load_plan(
     names: dict[str, Path] = {}
     targets: dict[str, list[str]] = {}  # backend -> sources
     first_user: dict[str, Path] = {}
-    known_backends = backend_names()
     for path, job in jobs:
         key = "name" if job.config.name else ""
         if job.name in RESERVED_NAMES or job.name.startswith(STORE_PREFIX):
@@ -247,14 +245,9 @@ def load_plan(
             )
         names[job.name] = path
         for backend in job.config.store_config.backends():
-            if backend not in known_backends:
-                issues.append(
-                    ConfigIssue(
-                        str(path),
-                        f"store_config.{backend}",
-                        f"no store backend {backend!r} (known: {', '.join(known_backends)})",
-                    )
-                )
+            refusal = process_refusal(backend)  # in-process only (memory)
+            if refusal is not None:
+                issues.append(ConfigIssue(str(path), f"store_config.{backend}", refusal))
                 continue
             targets.setdefault(backend, []).append(job.name)
             first_user.setdefault(backend, path)
