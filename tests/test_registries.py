@@ -18,7 +18,7 @@ from _store_data import expected_columns, sample_table, stream_bytes
 from conftest import Procs, write
 from enrgdaq_core.config import ConfigError
 from enrgdaq_core.envelope import Envelope, Source
-from enrgdaq_core.jobs import _BUILTIN_CLASSES, _load, names, resolve
+from enrgdaq_core.jobs import _BUILTINS, _load, names, resolve
 from enrgdaq_core.jobs.base import Job
 from enrgdaq_core.store_config import BACKEND_CONFIGS, BACKENDS, StoreConfig
 from enrgdaq_core.stores import (
@@ -228,23 +228,17 @@ def test_memory_store_read_while_a_runner_thread_writes() -> None:
 
 
 def test_job_types_are_named_by_their_classes() -> None:
-    classes = [_load(path) for path in _BUILTIN_CLASSES]
+    """The table of built-in modules is keyed by the classes' own type_name; aliases come
+    from the classes."""
+    classes = [_load(path) for path in _BUILTINS.values()]
     type_names = [cls.type_name for cls in classes]
-    assert all(type_names) and len(set(type_names)) == len(type_names)
-    assert (
-        names()[: len(classes)]
-        == type_names
-        == [
-            "sensor",
-            "digitizer",
-            "metrics",
-            "test",
-            "alerts",
-        ]
-    )
+    assert type_names == list(_BUILTINS), "a key of _BUILTINS is not its class's type_name"
+    assert names()[: len(classes)] == type_names
+    assert type_names == ["sensor", "digitizer", "metrics", "test", "alerts"]
     aliases = [a for cls in classes for a in cls.aliases]
     assert sorted(aliases) == ["DAQJobPCMetrics", "DAQJobTest", "pc_metrics"]
     assert not set(aliases) & set(type_names)
+    assert not any(":" in n for n in aliases + type_names)  # never mistaken for an import path
     for cls in classes:
         assert issubclass(cls, Job) and resolve(cls.type_name) is cls
         for alias in cls.aliases:
@@ -253,11 +247,13 @@ def test_job_types_are_named_by_their_classes() -> None:
         resolve("DAQJobTst")
 
 
-def test_job_registry_imports_no_job_module_until_asked() -> None:
+def test_job_registry_imports_only_the_module_asked_for() -> None:
     code = (
         "import sys, enrgdaq_core.jobs as j\n"
-        "print(sorted(m for m in sys.modules if m.startswith('enrgdaq_core.jobs.')))\n"
+        "def loaded(): return sorted(m for m in sys.modules if m.startswith('enrgdaq_core.jobs.'))\n"
+        "print(loaded()); j.names(); print(loaded()); j.resolve('sensor'); print(loaded())\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == ["['enrgdaq_core.jobs.base']"]
+    base, sensor = "'enrgdaq_core.jobs.base'", "'enrgdaq_core.jobs.sensor'"
+    assert p.stdout.splitlines() == [f"[{base}]", f"[{base}]", f"[{base}, {sensor}]"]

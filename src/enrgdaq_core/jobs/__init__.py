@@ -22,29 +22,24 @@ from enrgdaq_core.config import (
 )
 from enrgdaq_core.jobs.base import Job, JobConfig
 
-# The built-in job classes, in the order `daq job list` shows them. Their names, and the seed's
-# names they answer to, are the classes' own `type_name` and `aliases`; the classes are
-# imported on first use, so importing this package (as `daq --help` does) stays cheap.
-_BUILTIN_CLASSES = (
-    "enrgdaq_core.jobs.sensor:SensorJob",
-    "enrgdaq_core.jobs.digitizer:DigitizerJob",
-    "enrgdaq_core.jobs.metrics:MetricsJob",
-    "enrgdaq_core.jobs.test_job:TestJob",
-    "enrgdaq_core.jobs.alerts:AlertsJob",
-)
-
-
-@functools.cache
-def _builtins() -> dict[str, type[Job]]:
-    """type_name -> class of every built-in job."""
-    classes = [_load(path) for path in _BUILTIN_CLASSES]
-    return {cls.type_name: cls for cls in classes}
+# The built-in job types, in the order `daq job list` shows them: type_name -> class. A name
+# here must be its class's own `type_name` (tests check it); the seed's names a type answers
+# to are the class's `aliases`. Keyed by name so that resolving one type imports only its
+# module (`daq job run` starts fast, `daq --help` imports none).
+_BUILTINS = {
+    "sensor": "enrgdaq_core.jobs.sensor:SensorJob",
+    "digitizer": "enrgdaq_core.jobs.digitizer:DigitizerJob",
+    "metrics": "enrgdaq_core.jobs.metrics:MetricsJob",
+    "test": "enrgdaq_core.jobs.test_job:TestJob",
+    "alerts": "enrgdaq_core.jobs.alerts:AlertsJob",
+}
 
 
 @functools.cache
 def _aliases() -> dict[str, str]:
-    """A seed name (`DAQJobTest`) -> the built-in type_name it stands for."""
-    return {alias: cls.type_name for cls in _builtins().values() for alias in cls.aliases}
+    """A seed name (`DAQJobTest`) -> the built-in type it stands for, from the classes' own
+    `aliases` (imports every built-in job module: only for a name that is not a built-in)."""
+    return {alias: name for name in _BUILTINS for alias in _load(_BUILTINS[name]).aliases}
 
 
 def _load(path: str) -> type[Job]:
@@ -63,16 +58,16 @@ def _plugins() -> dict[str, Any]:
 
 def names() -> list[str]:
     """Every job type name this installation knows (built-ins first, then plugins)."""
-    builtins = _builtins()
-    return list(builtins) + sorted(n for n in _plugins() if n not in builtins)
+    return list(_BUILTINS) + sorted(n for n in _plugins() if n not in _BUILTINS)
 
 
 def resolve(type_name: str) -> type[Job]:
     """The Job class for a `daq_job_type` value; LookupError says what is known."""
-    name = _aliases().get(type_name, type_name)
-    builtin = _builtins().get(name)
-    if builtin is not None:
-        return builtin
+    name = type_name
+    if name not in _BUILTINS and ":" not in name:
+        name = _aliases().get(name, name)
+    if name in _BUILTINS:
+        return _load(_BUILTINS[name])
     plugin = _plugins().get(name)
     if plugin is not None:
         cls = plugin.load()
