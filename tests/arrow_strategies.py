@@ -9,6 +9,7 @@ import pyarrow as pa
 from hypothesis import strategies as st
 
 from enrgdaq_core.envelope import Envelope, Header, Kind
+from enrgdaq_core.stores import names as store_names
 
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -89,7 +90,7 @@ headers = st.builds(
     node=st.text(max_size=10),
     rows=st.integers(0, 2**40),
     store=st.dictionaries(
-        st.sampled_from(["csv", "root", "hdf5", "raw", "mysql", "redis"]),
+        st.sampled_from(store_names()),
         st.dictionaries(st.text(min_size=1, max_size=10), _scalars, max_size=4),
         max_size=3,
     ),

@@ -133,8 +133,9 @@ def test_bad_directory_reports_every_error(tmp_path: Path, env: dict[str, str]) 
         f"{d}/c.toml: invalid TOML: Expected newline or end of document after a statement "
         "(at line 1, column 25)",
         f"{d}/d.toml: name: source name 'broker' is reserved (broker, supervisor, store-*)",
-        f"{d}/d.toml: store_config.memory: no store backend 'memory' (known: csv, root, hdf5, "
-        "mysql, redis, raw)",
+        f"{d}/d.toml: store_config.memory: memory keeps its data in the memory of the Python "
+        "process that runs it, for tests and notebooks (enrgdaq_core.stores.memory); daq store "
+        "and daq up cannot run it",
         f"{d}/f.toml: name: source name 'e' is already used by {d}/e.toml",
     ]
 

@@ -23,9 +23,7 @@ app.command("broker", help=broker.HELP, short_help="Run the pub/sub hub (XSUB in
     broker.broker
 )
 app.add_typer(job.app, name="job", short_help="Run a source job; list job types; write a config.")
-app.command(
-    "store", help=store.HELP, short_help="Store data into csv, root, hdf5, mysql, redis or raw."
-)(store.store)
+app.command("store", help=store.HELP, short_help=store.SHORT_HELP)(store.store)
 app.command("tap", help=tap.HELP, short_help="Show what flows on the broker (or pipe it on).")(
     tap.tap
 )

@@ -1,4 +1,4 @@
-"""`daq store BACKEND`: one store process (csv, root, hdf5, mysql, redis, raw)."""
+"""`daq store BACKEND`: one store process (the backends of `enrgdaq_core.store_config`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ import typer
 
 from enrgdaq_cli._common import BrokerOpt, broker_address, errors, fail, setup_logging
 from enrgdaq_core.stores import names as store_names
+from enrgdaq_core.stores import process_names
 
-# A choice, so `daq store <TAB>` offers the backends and a typo is refused by the parser.
+# A choice, so `daq store <TAB>` offers the backends and a typo is refused by the parser;
+# an in-process backend (memory) passes it and is refused with the reason by build_backend.
 BackendName = StrEnum("BackendName", {n: n for n in store_names()})
 
-HELP = """Store data from the broker or from stdin into one backend: csv, root, hdf5, mysql,
-redis or raw.
+_PROCESS_BACKENDS = ", ".join(process_names()[:-1]) + " or " + process_names()[-1]
+_IN_PROCESS = ", ".join(n for n in store_names() if n not in process_names())
+_IN_PROCESS_NOTE = (
+    f" ({_IN_PROCESS}: in-process only, for tests and notebooks)" if _IN_PROCESS else ""
+)
+SHORT_HELP = f"Store data into {_PROCESS_BACKENDS}."
+
+HELP = f"""Store data from the broker or from stdin into one backend:
+{_PROCESS_BACKENDS}{_IN_PROCESS_NOTE}.
 
 Where data goes comes from the source's [store_config.BACKEND] settings in each message;
 -o (a file, a table, a key) and -O KEY=VALUE override them. Rows are written in batches
@@ -42,7 +51,7 @@ def store(
     backend: Annotated[
         BackendName,
         typer.Argument(
-            metavar="BACKEND", help="csv, root, hdf5, mysql, redis or raw.", show_default=False
+            metavar="BACKEND", help=f"{_PROCESS_BACKENDS}{_IN_PROCESS_NOTE}.", show_default=False
         ),
     ],
     topics: Annotated[

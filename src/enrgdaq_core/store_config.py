@@ -3,10 +3,14 @@
 A source carries these in every message header, so a store knows where the source wants its
 data without a config of its own; flags on `daq store` override them. Keys follow the seed
 (ENRGDAQ) names; ours come after them.
+
+`BACKENDS` is the one list of store backends; everything else that names them is derived
+from it. This module imports only msgspec, so `daq --help` and config loading stay cheap.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -68,19 +72,53 @@ class RedisStoreConfig(
     timestamp_column: str = "timestamp"  # the row time for the time-ordered layouts
 
 
-class MemoryStoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
+class MemoryStoreConfig(
+    msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """The in-process store (`enrgdaq_core.stores.memory`): batching only, it has no files."""
+
+    flush_rows: int = 0  # 0: every message is readable as soon as the runner handled it
+    flush_seconds: float = 0.0
 
 
-class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    csv: CSVStoreConfig | None = None
-    root: ROOTStoreConfig | None = None
-    hdf5: HDF5StoreConfig | None = None
-    mysql: MySQLStoreConfig | None = None
-    redis: RedisStoreConfig | None = None
-    raw: RawStoreConfig | None = None
-    memory: MemoryStoreConfig | None = None
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """One store backend: the single entry every list of backends is derived from."""
 
+    name: str  # `daq store NAME`, `[store_config.NAME]`, the `store` key of headers
+    backend: str  # "module:Class" of its Backend, imported only when a store needs it
+    settings: type[msgspec.Struct]  # the keys of `[store_config.NAME]`
+    seed_type: str = ""  # the seed's store job (`daq_job_type` of a store TOML); "": none
+    in_process: bool = False  # keeps data in the caller's memory: no store process runs it
+
+
+# The one table of store backends. StoreConfig, BACKEND_CONFIGS, the seed store types, the
+# `daq store` choice and help, and what `daq up` accepts all come from it.
+BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec("csv", "enrgdaq_core.stores.csv:CSVBackend", CSVStoreConfig, "DAQJobStoreCSV"),
+    BackendSpec("root", "enrgdaq_core.stores.root:ROOTBackend", ROOTStoreConfig, "DAQJobStoreROOT"),
+    BackendSpec("hdf5", "enrgdaq_core.stores.hdf5:HDF5Backend", HDF5StoreConfig, "DAQJobStoreHDF5"),
+    BackendSpec(
+        "mysql", "enrgdaq_core.stores.mysql:MySQLBackend", MySQLStoreConfig, "DAQJobStoreMySQL"
+    ),
+    BackendSpec(
+        "redis", "enrgdaq_core.stores.redis:RedisBackend", RedisStoreConfig, "DAQJobStoreRedis"
+    ),
+    BackendSpec("raw", "enrgdaq_core.stores.raw:RawBackend", RawStoreConfig, "DAQJobStoreRaw"),
+    BackendSpec(
+        "memory",
+        "enrgdaq_core.stores.memory:MemoryBackend",
+        MemoryStoreConfig,
+        in_process=True,
+    ),
+)
+
+BACKEND_CONFIGS: dict[str, type[msgspec.Struct]] = {b.name: b.settings for b in BACKENDS}
+
+
+class _StoreConfigBase(
+    msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     def backends(self) -> list[str]:
         return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
 
@@ -89,12 +127,13 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit
         return {name: msgspec.to_builtins(getattr(self, name)) for name in self.backends()}
 
 
-BACKEND_CONFIGS: dict[str, type[msgspec.Struct]] = {
-    "csv": CSVStoreConfig,
-    "root": ROOTStoreConfig,
-    "hdf5": HDF5StoreConfig,
-    "mysql": MySQLStoreConfig,
-    "redis": RedisStoreConfig,
-    "raw": RawStoreConfig,
-    "memory": MemoryStoreConfig,
-}
+# `[store_config]`: one optional table per backend of BACKENDS, in its order.
+StoreConfig = msgspec.defstruct(
+    "StoreConfig",
+    [(b.name, b.settings | None, None) for b in BACKENDS],
+    bases=(_StoreConfigBase,),
+    module=__name__,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,6 +22,10 @@ from enrgdaq_core.config import (
 )
 from enrgdaq_core.jobs.base import Job, JobConfig
 
+# The built-in job types, in the order `daq job list` shows them: type_name -> class. A name
+# here must be its class's own `type_name` (tests check it); the seed's names a type answers
+# to are the class's `aliases`. Keyed by name so that resolving one type imports only its
+# module (`daq job run` starts fast, `daq --help` imports none).
 _BUILTINS = {
     "sensor": "enrgdaq_core.jobs.sensor:SensorJob",
     "digitizer": "enrgdaq_core.jobs.digitizer:DigitizerJob",
@@ -28,11 +33,13 @@ _BUILTINS = {
     "test": "enrgdaq_core.jobs.test_job:TestJob",
     "alerts": "enrgdaq_core.jobs.alerts:AlertsJob",
 }
-_ALIASES = {
-    "DAQJobTest": "test",
-    "DAQJobPCMetrics": "metrics",
-    "pc_metrics": "metrics",
-}
+
+
+@functools.cache
+def _aliases() -> dict[str, str]:
+    """A seed name (`DAQJobTest`) -> the built-in type it stands for, from the classes' own
+    `aliases` (imports every built-in job module: only for a name that is not a built-in)."""
+    return {alias: name for name in _BUILTINS for alias in _load(_BUILTINS[name]).aliases}
 
 
 def _load(path: str) -> type[Job]:
@@ -56,7 +63,9 @@ def names() -> list[str]:
 
 def resolve(type_name: str) -> type[Job]:
     """The Job class for a `daq_job_type` value; LookupError says what is known."""
-    name = _ALIASES.get(type_name, type_name)
+    name = type_name
+    if name not in _BUILTINS and ":" not in name:
+        name = _aliases().get(name, name)
     if name in _BUILTINS:
         return _load(_BUILTINS[name])
     plugin = _plugins().get(name)
@@ -72,7 +81,7 @@ def resolve(type_name: str) -> type[Job]:
             raise LookupError(f"cannot import {name!r}: {exc}") from None
         except TypeError as exc:
             raise LookupError(str(exc)) from None
-    choices = names() + sorted(_ALIASES)
+    choices = names() + sorted(_aliases())
     close = difflib.get_close_matches(type_name, choices, n=1, cutoff=0.75)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise LookupError(

@@ -43,8 +43,8 @@ Output = "pa.Table | pa.RecordBatch | bytes | memoryview"
 class Job:
     """Base class of source jobs. Subclasses set `type_name`, `Config` and implement `step`."""
 
-    type_name: ClassVar[str] = ""
-    aliases: ClassVar[tuple[str, ...]] = ()
+    type_name: ClassVar[str] = ""  # its `daq_job_type`; the registry of built-ins reads it
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names it answers to (the seed's classes)
     description: ClassVar[str] = ""
     Config: ClassVar[type[JobConfig]] = JobConfig
     broker: BrokerAddress | None = None  # set by `daq job run`: for jobs that also subscribe

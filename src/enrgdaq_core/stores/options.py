@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from enrgdaq_core.config import ConfigError, ConfigIssue, convert, read_toml
-from enrgdaq_core.stores import SEED_STORE_TYPES, backend_class
+from enrgdaq_core.stores import SEED_STORE_TYPES, backend_class, process_refusal
 from enrgdaq_core.stores.base import Backend
 
 
@@ -36,16 +36,17 @@ def build_backend(
     assignments: dict[str, Any] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> tuple[Backend, dict[str, Any]]:
-    """The backend with its options, and the per-source settings overrides from the flags.
+    """The backend of a store process with its options, and the per-source settings overrides
+    from the flags. In-process backends (memory) are refused: build those directly.
 
     A key given with -O goes to the store options if the backend has it there, else to the
     per-source settings (`[store_config.<backend>]` keys); anything else is an error.
     `config` is the content of `config_file` when the caller has read it already.
     """
-    try:
-        cls = backend_class(name)
-    except LookupError as exc:
-        raise ConfigError([ConfigIssue("daq store", "BACKEND", str(exc))]) from None
+    refusal = process_refusal(name)  # unknown, or in-process only (memory)
+    if refusal is not None:
+        raise ConfigError([ConfigIssue("daq store", "BACKEND", refusal)])
+    cls = backend_class(name)
     data: dict[str, Any] = {}
     origin = "command line"
     if config_file is not None:

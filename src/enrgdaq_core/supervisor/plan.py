@@ -288,10 +288,9 @@ def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
 
 def _route(configs: _Configs, issues: list[ConfigIssue]) -> None:
     """Unique, unreserved source names; which backends each source sends to."""
-    from enrgdaq_core.stores import names as backend_names
+    from enrgdaq_core.stores import process_refusal
 
     names: dict[str, Path] = {}
-    known_backends = backend_names()
     for path, job in configs.jobs:
         key = "name" if job.config.name else ""
         if job.name in RESERVED_NAMES or job.name.startswith(STORE_PREFIX):
@@ -312,14 +311,9 @@ def _route(configs: _Configs, issues: list[ConfigIssue]) -> None:
             )
         names[job.name] = path
         for backend in job.config.store_config.backends():
-            if backend not in known_backends:
-                issues.append(
-                    ConfigIssue(
-                        str(path),
-                        f"store_config.{backend}",
-                        f"no store backend {backend!r} (known: {', '.join(known_backends)})",
-                    )
-                )
+            refusal = process_refusal(backend)  # in-process only (memory)
+            if refusal is not None:
+                issues.append(ConfigIssue(str(path), f"store_config.{backend}", refusal))
                 continue
             configs.targets.setdefault(backend, []).append(job.name)
             configs.first_user.setdefault(backend, path)
