@@ -213,7 +213,7 @@ def test_a_store_fed_a_shared_memory_record_writes_no_empty_row(tmp_path: Path) 
     came before; it never writes the empty payload as a row."""
     from _store_data import sample_table
     from enrgdaq_core.channels import StreamInput
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.stores.options import build_backend
     from enrgdaq_core.stores.runner import StoreRunner
     from enrgdaq_core.stream import StreamWriter

@@ -21,9 +21,10 @@ from enrgdaq_core.jobs.base import Job, JobConfig
 from enrgdaq_core.jobs.describe import describe, starter_toml
 from enrgdaq_core.jobs.digitizer import DigitizerJob
 from enrgdaq_core.jobs.metrics import MetricsJob
-from enrgdaq_core.jobs.runtime import StopFlag, run_job
+from enrgdaq_core.jobs.runtime import run_job
 from enrgdaq_core.jobs.sensor import SensorJob
 from enrgdaq_core.jobs.test_job import TestJob as SeedTestJob
+from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import StatsReport
 from enrgdaq_core.store_config import CSVStoreConfig, StoreConfig
 from enrgdaq_core.stream import StreamReader

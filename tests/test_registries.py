@@ -191,7 +191,7 @@ def test_memory_store_versions_runs_and_kinds() -> None:
 
 
 def test_memory_store_read_while_a_runner_thread_writes() -> None:
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
 
     class Feed:
         damage = None

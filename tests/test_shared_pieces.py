@@ -90,3 +90,31 @@ def test_millisecond_digits_are_exact_at_a_second_boundary():
 
     ns = 1_764_685_805_999_999_999  # a float of this rounds up to the next second
     assert timefmt.clock(ns, ms=True).endswith(":05.999")
+
+
+def test_signals_set_the_stop_flag_and_run_on_stop_at_each_signal():
+    import os
+    import signal
+    import threading
+
+    from enrgdaq_core.signals import StopFlag, stop_on_signals
+
+    calls: list[int] = []
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        flag = stop_on_signals(watch_parent=False, on_stop=lambda: calls.append(1))
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.wait(5) and flag.signal == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C reaches on_stop again (force)
+        flag.wait(0)
+        assert calls == [1, 1]
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
+
+    # a command run from a test's thread cannot install handlers: it still gets a flag
+    out: list[StopFlag] = []
+    t = threading.Thread(target=lambda: out.append(stop_on_signals(watch_parent=False)))
+    t.start()
+    t.join(5)
+    assert isinstance(out[0], StopFlag) and not out[0].is_set()

@@ -250,7 +250,7 @@ class _ListInput:
 def test_shared_file_rotates_as_one_and_keeps_arrival_order(tmp_path: Path) -> None:
     """Two sources in one rotating file (in-process runner): every part holds both, and the
     parts in order give back the exact arrival order."""
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.stores.options import build_backend
     from enrgdaq_core.stores.runner import StoreRunner
 

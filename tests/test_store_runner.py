@@ -13,7 +13,7 @@ import pytest
 from _store_data import sample_table
 from enrgdaq_core.channels import EndOfInput
 from enrgdaq_core.envelope import Envelope, Kind, Source
-from enrgdaq_core.jobs.runtime import StopFlag
+from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.store_config import CSVStoreConfig
 from enrgdaq_core.stores import runner as runner_mod
 from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, TransientError, Writer

@@ -6,15 +6,12 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
 from enrgdaq_core.config import ConfigError
 from enrgdaq_core.transport import AddressError, BrokerAddress
-
-if TYPE_CHECKING:
-    from enrgdaq_core.jobs.runtime import StopFlag
 
 BrokerOpt = Annotated[
     str | None,
@@ -60,15 +57,6 @@ def errors() -> Iterator[None]:
             sys.stdout = None  # type: ignore[assignment]
         finally:
             raise typer.Exit(0) from None
-
-
-def stop_on_signals() -> StopFlag:
-    """A flag that SIGINT/SIGTERM set: a command's loop ends cleanly (flush, close, summary)."""
-    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
-
-    flag = StopFlag()
-    install_signal_handlers(flag, watch_parent=False)
-    return flag
 
 
 def setup_logging(level: str = "INFO", name: str | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 import typer
@@ -28,7 +27,7 @@ def broker(
     name: Annotated[str, typer.Option(help="Name in stats (stats.<name>).")] = "broker",
 ) -> None:
     from enrgdaq_core.broker import Broker
-    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
+    from enrgdaq_core.signals import stop_on_signals
 
     setup_logging(name=name)
     addr = broker_address(address)
@@ -40,9 +39,7 @@ def broker(
         raise typer.Exit(1) from None
 
     # SIGINT/SIGTERM, and (under `daq up`) the death of the supervisor, stop the broker.
-    stop = StopFlag()
-    install_signal_handlers(stop)
-    threading.Thread(target=lambda: (stop.wait(None), b.stop()), daemon=True).start()
+    stop_on_signals(on_stop=b.stop)
     typer.echo(
         f"broker {name} listening: in {addr.inbound}  out {addr.outbound}  "
         f"mon {addr.monitor}  ctl {addr.control}",

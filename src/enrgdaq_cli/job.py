@@ -50,7 +50,8 @@ def run(
 ) -> None:
     from enrgdaq_core.channels import open_output, stdout_is_pipe
     from enrgdaq_core.jobs import load_job
-    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers, run_job
+    from enrgdaq_core.jobs.runtime import run_job
+    from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.transport import TelemetryPublisher
 
     with errors():
@@ -59,8 +60,7 @@ def run(
         addr = broker_address(address)
         job.broker = addr
         target = output if output is not None else ("-" if stdout_is_pipe() else "broker")
-        stop = StopFlag()
-        install_signal_handlers(stop)
+        stop = stop_on_signals()
         run_number = run_number or int(os.environ.get("DAQ_RUN", "0"))
         meta = {"writer": "daq job run", "source": job.name, "run": run_number}
         try:

@@ -325,8 +325,8 @@ def _play(
     wait: float,
     show_progress: bool,
 ) -> None:
-    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
     from enrgdaq_core.replay import replay_output
+    from enrgdaq_core.signals import stop_on_signals
 
     # --broker given on the command line means "publish there"; DAQ_BROKER alone does not
     source = ctx.get_parameter_source("address")
@@ -339,8 +339,7 @@ def _play(
     except FileExistsError:
         fail(f"{output} exists (a run file is never overwritten)", EXIT_USAGE)
     lines = out is None
-    stop = StopFlag()
-    install_signal_handlers(stop)
+    stop = stop_on_signals()
     bar = _Bar() if show_progress and not lines else None
 
     on_record = None

@@ -14,7 +14,6 @@ from enrgdaq_cli._common import (
     broker_address,
     errors,
     fail,
-    stop_on_signals,
 )
 
 HELP = """Show every piece seen on the broker: node, piece, status, rates, latency, lost
@@ -132,6 +131,7 @@ def _run(
     duration: float | None,
 ) -> None:
     from enrgdaq_core.monitor import Monitor, StatsFeed
+    from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.watch import TerminalKeys, watch_loop
 
     monitor = Monitor(stale_after=stale)
@@ -141,7 +141,7 @@ def _run(
     keys: TerminalKeys | None = None
     live = None
     draw = None
-    stop = stop_on_signals()
+    stop = stop_on_signals(watch_parent=False)  # a monitor run by hand
     try:
         if serve is not None:
             from enrgdaq_core.prometheus import serve as start_exporter

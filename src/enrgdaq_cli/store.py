@@ -123,7 +123,7 @@ def store(
     address: BrokerOpt = None,
 ) -> None:
     from enrgdaq_core.channels import open_input, store_source
-    from enrgdaq_core.jobs.runtime import StopFlag, install_signal_handlers
+    from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.stores.options import build_backend, parse_assignments
     from enrgdaq_core.stores.runner import StoreRunner
     from enrgdaq_core.transport import TelemetryPublisher
@@ -143,8 +143,7 @@ def store(
         source = store_source(input_, topics=bool(topics))
         inp = open_input(source, addr, list(topics or ["data."]))
         telemetry = TelemetryPublisher(addr)
-        stop = StopFlag()
-        install_signal_handlers(stop)
+        stop = stop_on_signals()
         runner = StoreRunner(
             be,
             state_file=state,

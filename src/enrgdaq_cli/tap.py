@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, errors, stop_on_signals
+from enrgdaq_cli._common import BrokerOpt, broker_address, errors
 
 if TYPE_CHECKING:
     from enrgdaq_core.channels import StreamOutput
@@ -47,11 +47,12 @@ def tap(
     ] = None,
 ) -> None:
     from enrgdaq_core.channels import BrokerInput, StreamOutput, stdout_is_pipe
+    from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.tap import tap as run_tap
 
     addr = broker_address(address)
     stream = output == "-" or (output is None and stdout_is_pipe())
-    stop = stop_on_signals()
+    stop = stop_on_signals(watch_parent=False)  # a monitor run by hand
     with errors():
         inp = BrokerInput(addr, topics or [""], mode="lossless" if lossless else "monitor")
         out = StreamOutput(sys.stdout.buffer) if stream else None

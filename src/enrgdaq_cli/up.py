@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from collections import deque
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -110,6 +108,7 @@ def up(
     ] = False,
 ) -> None:
     from enrgdaq_core.config import ConfigError
+    from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.supervisor.plan import load_plan
     from enrgdaq_core.supervisor.supervisor import Supervisor
 
@@ -155,12 +154,7 @@ def up(
 
     sup = Supervisor(plan, console=console if live else _plain_console, on_tick=on_tick)
 
-    def handler(_signum: int, _frame: Any) -> None:
-        sup.request_stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+    stop_on_signals(watch_parent=False, on_stop=sup.request_stop)
     try:
         with errors():  # ConnectionError: another `daq up` here, or the broker never came up
             if display is not None:

@@ -8,9 +8,6 @@ supervisor's children, on a broker or on a pipe.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,72 +15,11 @@ from typing import Any
 from enrgdaq_core.channels import Output
 from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.jobs.base import Job, as_outputs
+from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.transport import TelemetryPublisher
 
 log = logging.getLogger("enrgdaq.job")
-
-
-class StopFlag:
-    """Set by signals or by the caller; `wait()` doubles as an interruptible sleep."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal: int | None = None
-
-    def set(self, signum: int | None = None) -> None:
-        self.signal = signum
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
-
-
-def install_signal_handlers(flag: StopFlag, *, watch_parent: bool = True) -> None:
-    """SIGTERM/SIGINT set `flag`; a supervised child also stops when its supervisor dies."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        flag.set(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    if watch_parent:
-        _watch_parent(flag)
-
-
-ORPHAN_GRACE_SECONDS = 10.0  # after the supervisor died, the longest a clean stop may take
-
-
-def _watch_parent(flag: StopFlag) -> None:
-    """Stop when the supervisor that started us is gone (a kill -9 must leave no orphans)."""
-    parent = os.environ.get("DAQ_PARENT_PID")
-    if not parent:
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the kernel tells us at once
-    except (OSError, AttributeError):
-        pass
-    pid = int(parent)
-
-    def watch() -> None:
-        while not flag.wait(1.0):
-            if os.getppid() != pid:
-                flag.set(signal.SIGTERM)
-        # Stopping. If the supervisor is gone, the clean stop may hang (waiting for a broker
-        # that died with it): give it time, then go anyway, so nothing runs on forever.
-        # (Checked after the wait: right at the parent's death, getppid() may lag.)
-        time.sleep(ORPHAN_GRACE_SECONDS)
-        if os.getppid() != pid:
-            log.warning("supervisor gone and the clean stop did not finish: exiting now")
-            os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_job(

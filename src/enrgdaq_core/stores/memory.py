@@ -161,7 +161,7 @@ def collect(
 ) -> MemoryBackend:
     """Run every envelope through a StoreRunner into `backend` (a new one by default): the
     same routing, batching, sequence checks and schema handling as a real store."""
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.stores.runner import StoreRunner
 
     backend = backend if backend is not None else MemoryBackend()

@@ -27,7 +27,7 @@ import msgspec
 
 from enrgdaq_core.channels import EndOfInput, Input
 from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Kind, Source
-from enrgdaq_core.jobs.runtime import StopFlag
+from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.stores.base import Backend, Destination, TransientError, Writer
 from enrgdaq_core.stores.paths import date_string, file_path, parse_period
