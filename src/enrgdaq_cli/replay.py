@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -55,9 +54,9 @@ def _human_bytes(n: float) -> str:
 def _when(ns: int) -> str:
     if not ns:
         return "-"
-    return (
-        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) + f".{ns // 10**6 % 1000:03d}"
-    )
+    from enrgdaq_core.timefmt import stamp
+
+    return stamp(ns, ms=True)
 
 
 def _print_info(info: dict[str, Any]) -> None:

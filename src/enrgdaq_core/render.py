@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from enrgdaq_core import timefmt
 from enrgdaq_core.envelope import Envelope, Kind
 
 _err = Console(stderr=True)
@@ -36,10 +37,7 @@ def envelope_line(env: Envelope, now_ns: int | None = None, *, latency: bool = T
     """
     h = env.header
     now_ns = now_ns or time.time_ns()
-    stamp = (
-        time.strftime("%H:%M:%S", time.localtime(h.time_ns / 1e9))
-        + f".{h.time_ns // 1_000_000 % 1000:03d}"
-    )
+    stamp = timefmt.clock(h.time_ns, ms=True)
     lat = (now_ns - h.time_ns) / 1e6 if h.time_ns else 0.0
     shape = ""
     if h.kind is Kind.TABLE:
@@ -176,7 +174,7 @@ def stats_view(
     totals = monitor.totals(now)
     head = Text(no_wrap=True, overflow="ellipsis")
     head.append("daq stats", style="bold")
-    head.append(f"  {time.strftime('%H:%M:%S')}")
+    head.append(f"  {timefmt.clock()}")
     if len(nodes) == 1:
         head.append(f"  node {nodes[0]}")
     head.append(f"  {totals.pieces} piece{'s' if totals.pieces != 1 else ''}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from enrgdaq_core import timefmt
 from enrgdaq_core.envelope import TOPIC_END, Envelope, Kind, subscription
 from enrgdaq_core.runfile import (
     RunPart,
@@ -61,16 +62,11 @@ class Position:
         if self.seconds is not None:
             return start_ns + round(self.seconds * 1e9)
         if self.clock is not None:
-            day = dt.datetime.fromtimestamp(start_ns / 1e9).astimezone()
+            day = dt.datetime.fromtimestamp(start_ns // 10**9).astimezone()
             midnight = day.replace(hour=0, minute=0, second=0, microsecond=0)
-            at = _ns(midnight) + round(self.clock * 1e9)
+            at = timefmt.to_ns(midnight) + round(self.clock * 1e9)
             return at + 86_400 * 10**9 if at < start_ns - 10**9 else at  # a run past midnight
         return None
-
-
-def _ns(moment: dt.datetime) -> int:
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return (moment - epoch) // dt.timedelta(microseconds=1) * 1000
 
 
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?")
@@ -102,9 +98,7 @@ def parse_position(text: str) -> Position:
         moment = dt.datetime.fromisoformat(t)
     except ValueError:
         raise ValueError(f"{text!r}: expected {POSITION_HELP}") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time
-    return Position(time_ns=_ns(moment))
+    return Position(time_ns=timefmt.to_ns(moment))  # a naive time is local
 
 
 # -- selection ----------------------------------------------------------------------------
