@@ -101,10 +101,11 @@ def test_unwritable_stats_files_are_logged_not_raised(
     assert "cannot write the stats files" in caplog.text
 
 
-def test_each_store_toml_is_read_once(
+def test_each_toml_is_read_once(
     tmp_path: Path, daq_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """load_plan classifies, checks and builds the store process from one read of its file."""
+    """load_plan classifies, checks and builds each process from one read of its file."""
+    import enrgdaq_core.jobs as jobs_mod
     from enrgdaq_core.stores import options
 
     write(tmp_path / "sensor.toml", SENSOR)
@@ -120,7 +121,9 @@ def test_each_store_toml_is_read_once(
 
     monkeypatch.setattr(plan_mod, "read_toml", counting(plan_mod.read_toml))
     monkeypatch.setattr(options, "read_toml", counting(options.read_toml))
+    monkeypatch.setattr(jobs_mod, "read_toml", counting(jobs_mod.read_toml))
     plan = load_plan(tmp_path)
     assert reads.count("store_csv.toml") == 1
+    assert reads.count("sensor.toml") == 1
     store = plan.child("store-csv")
     assert store is not None and "--out-dir" in store.argv

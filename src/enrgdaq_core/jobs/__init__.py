@@ -89,10 +89,17 @@ def resolve(type_name: str) -> type[Job]:
     )
 
 
-def load_job(path: str | Path, *, name: str | None = None) -> Job:
-    """Read, validate and instantiate the job of one TOML file (ConfigError on any problem)."""
+def load_job(
+    path: str | Path, *, name: str | None = None, data: dict[str, Any] | None = None
+) -> Job:
+    """Read, validate and instantiate the job of one TOML file (ConfigError on any problem).
+
+    `data`: the file's content when the caller has read it already (`daq up` reads each
+    file once); `path` then only names it in errors and gives the default name.
+    """
     path = Path(path)
-    data = read_toml(path)
+    if data is None:
+        data = read_toml(path)
     type_name = data.get("daq_job_type")
     if type_name is None:
         raise ConfigError(

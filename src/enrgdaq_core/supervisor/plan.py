@@ -280,7 +280,7 @@ def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
             issues.extend(_check_store(f.backend, f.path, data=f.data))
         else:
             try:
-                configs.jobs.append((f.path, load_job(f.path)))
+                configs.jobs.append((f.path, load_job(f.path, data=f.data)))
             except ConfigError as exc:
                 issues.extend(exc.issues)
     return configs
