@@ -31,6 +31,7 @@ import zmq
 from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.monitor import Monitor, StatsFeed
+from enrgdaq_core.reqrep import RemoteError
 from enrgdaq_core.stats import ProcessSampler, StatsReport
 from enrgdaq_core.stats_history import StatsRecorder
 from enrgdaq_core.supervisor import status as status_view
@@ -259,8 +260,8 @@ class Supervisor:
                 query(self.plan.address, "status", timeout=0.2)
                 self.broker_ready_at = time.monotonic()
                 log.info("broker ready at %s", self.plan.address.base)
-            except TimeoutError:
-                pass
+            except (TimeoutError, RemoteError):
+                pass  # not up yet (or not answering sensibly yet): asked again next step
 
     def _exited(self, child: Child, code: int, stopping: bool) -> None:
         how = child.last_exit
@@ -344,7 +345,7 @@ class Supervisor:
             return
         try:
             subs = query(self.plan.address, "subscriptions", timeout=1.0)
-        except TimeoutError:
+        except (TimeoutError, RemoteError):
             return
         counts: dict[str, int] = subs.get("subscribers") or {
             s: 1 for s in subs.get("subscriptions", [])
