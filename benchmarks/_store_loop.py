@@ -13,7 +13,7 @@ def run_null_store(stream: Path, backend: str) -> float:
     import pyarrow as pa
 
     from enrgdaq_core.channels import StreamInput
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.store_config import BACKEND_CONFIGS
     from enrgdaq_core.stores.base import Backend, StoreOptions, Writer
     from enrgdaq_core.stores.runner import StoreRunner

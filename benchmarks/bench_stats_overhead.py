@@ -46,7 +46,8 @@ def _produce(address: str, name: str, count: int, stats: bool) -> None:
     """The producer process: the shipped runtime, with or without stats."""
     from _bench_job import ConstConfig, ConstJob
     from enrgdaq_core.channels import BrokerOutput
-    from enrgdaq_core.jobs.runtime import StopFlag, run_job
+    from enrgdaq_core.jobs.runtime import run_job
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.transport import BrokerAddress, TelemetryPublisher
 
     addr = BrokerAddress.parse(address)

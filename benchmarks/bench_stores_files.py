@@ -121,7 +121,7 @@ def batches(tables: list[pa.Table], flush_rows: int, flush_bytes: int = 64 << 20
 def run_store(backend: str, stream: Path, out: Path) -> float:
     """Seconds for the store loop to read, decode, batch and write the whole stream."""
     from enrgdaq_core.channels import StreamInput
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.stores.options import build_backend
     from enrgdaq_core.stores.runner import StoreRunner
 

@@ -98,7 +98,7 @@ def batches(tables: list[pa.Table]) -> list[pa.Table]:
 def run_store(backend: str, stream: Path, destination: str, assignments: dict) -> float:
     """Seconds for the store loop to read, decode and write the whole stream."""
     from enrgdaq_core.channels import StreamInput
-    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.stores.options import build_backend
     from enrgdaq_core.stores.runner import StoreRunner
 

@@ -51,7 +51,8 @@ class BrokerOutput:
     full (a slow store), the broker stops reading our connection, and if we close it then,
     the broker drops what the kernel still buffers: the tail of the run, end-of-stream
     included. So `close()` first waits until the broker's counters (its control endpoint)
-    show every message we sent on each topic, then closes.
+    show every message we sent on each topic, then closes. It gives up after `drain_timeout`
+    seconds without progress, or `interrupt_grace` (the publisher's) once a stop was requested.
     """
 
     DRAIN_TIMEOUT = 30.0  # seconds without progress before `close()` gives up
@@ -134,15 +135,31 @@ class BrokerOutput:
             self.publisher.close(linger=0)
             self._ctx.term()
             raise ConnectionError(f"{self.publisher.gave_up}; messages still queued are lost")
+        publisher = self.publisher
         left = self.unconfirmed() if self.sent else 0
-        deadline = time.monotonic() + self.drain_timeout
-        while left and time.monotonic() < deadline:
+        moved = time.monotonic()  # when the broker last took something (or the drain began)
+        stop_seen: float | None = None
+        while left:
+            now = time.monotonic()
+            if now - moved >= self.drain_timeout:
+                break
+            # After a stop request the drain waits no longer than a blocked send would: a
+            # frozen broker must not cost a stopping job `drain_timeout` on top of the grace.
+            if publisher.interrupt is not None and publisher.interrupt():
+                stop_seen = stop_seen or now
+                if now - max(moved, stop_seen) >= publisher.interrupt_grace:
+                    why = publisher.give_up()
+                    publisher.close(linger=0)
+                    self._ctx.term()
+                    raise ConnectionError(
+                        f"{why}; {left} sent message(s) not confirmed, maybe lost"
+                    )
             time.sleep(0.02)
             now_left = self.unconfirmed()
             if now_left < left:
-                deadline = time.monotonic() + self.drain_timeout
+                moved = time.monotonic()
             left = now_left
-        self.publisher.close(linger=0 if left else 1.0)
+        publisher.close(linger=0 if left else 1.0)
         self._ctx.term()
         if left:
             raise ConnectionError(

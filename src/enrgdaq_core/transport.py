@@ -287,12 +287,18 @@ class Publisher:
             if self.interrupt is not None and self.interrupt():
                 stop_seen = stop_seen or now
                 if now - stop_seen >= self.interrupt_grace:
-                    self.gave_up = (
-                        f"broker at {self.address.inbound} took nothing for "
-                        f"{self.interrupt_grace:g} s after stop was requested (broker gone, "
-                        "or a lossless consumer stalled); giving up"
-                    )
-                    raise ConnectionError(self.gave_up)
+                    raise ConnectionError(self.give_up())
+
+    def give_up(self) -> str:
+        """Stop sending for good, after a stop request met a broker that takes nothing: every
+        later send raises why. Returns the reason (also used by `BrokerOutput.close`'s drain,
+        so both places a stop can wait on the broker end with the same words)."""
+        self.gave_up = (
+            f"broker at {self.address.inbound} took nothing for "
+            f"{self.interrupt_grace:g} s after stop was requested (broker gone, "
+            "or a lossless consumer stalled); giving up"
+        )
+        return self.gave_up
 
     def close(self, linger: float = 5.0) -> None:
         self._sock.close(linger=int(linger * 1000))

@@ -48,7 +48,10 @@ def run_job(
     job.start()
     try:
         deadline = time.monotonic()
-        while not stop.is_set():
+        # Reaching max_messages ends the run without setting `stop`: a set stop flag tells the
+        # output to give up on a broker that takes nothing, and a --count run is no such stop.
+        counted_out = False
+        while not stop.is_set() and not counted_out:
             for item in as_outputs(job.step()):
                 if isinstance(item, bytes | bytearray | memoryview):
                     env = source.raw(item)
@@ -59,7 +62,7 @@ def run_job(
                 if stats:
                     meter.sent(env.nbytes, env.header.rows)
                 if max_messages is not None and sent >= max_messages:
-                    stop.set()
+                    counted_out = True
                     break  # a step that returned several items must not overshoot --count
             now = time.monotonic()
             if stats and now >= next_report:
