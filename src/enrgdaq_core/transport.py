@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.envelope import (
     Envelope,
     EnvelopeError,
@@ -272,10 +273,9 @@ class Publisher:
     def _wait_and_send(self, topic: bytes, timeout: float | None) -> bool:
         start = time.monotonic()
         stop_seen: float | None = None
-        delay = 0.0001
+        backoff = Backoff(0.0001, 0.01)  # quick to resume, cheap when the wait is long
         while True:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            time.sleep(backoff.next_delay())
             try:
                 _send(self._sock, topic, _SNDMORE | _NOBLOCK)
                 return True
