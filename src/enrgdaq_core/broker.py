@@ -35,6 +35,13 @@ from enrgdaq_core.transport import (
     make_socket,
 )
 
+__all__ = [
+    "Broker",
+    "BrokerState",
+    "TopicCounter",
+    "topic_prefix",
+]
+
 _CAPTURE = "inproc://enrgdaq-broker-capture"
 _COUNTER_PAUSE = 0.001  # s the counter lets messages gather once it has drained its queue
 
@@ -46,12 +53,16 @@ def topic_prefix(topic: bytes) -> str:
 
 @dataclass
 class TopicCounter:
+    """Messages and payload bytes seen on one topic."""
+
     messages: int = 0
     bytes: int = 0
 
 
 @dataclass
 class BrokerState:
+    """The counters and subscriptions the control endpoint reports (shared by threads)."""
+
     started: float = field(default_factory=time.time)
     counters: dict[str, TopicCounter] = field(default_factory=dict)
     subscriptions: dict[bytes, int] = field(default_factory=lambda: defaultdict(int))

@@ -23,25 +23,57 @@ from enrgdaq_core.envelope import Envelope
 from enrgdaq_core.stream import StreamDamage, StreamError, StreamReader, StreamWriter
 from enrgdaq_core.transport import BrokerAddress, CurveKeys, Mode, Publisher, Subscriber
 
+__all__ = [
+    "FLUSH_EVERY",
+    "BrokerInput",
+    "BrokerOutput",
+    "EndOfInput",
+    "Input",
+    "Output",
+    "RunFileOutput",
+    "StreamInput",
+    "StreamOutput",
+    "open_input",
+    "open_output",
+    "stdin_is_stream",
+    "stdout_is_pipe",
+    "store_source",
+]
+
 
 class EndOfInput(Exception):
     """The input is finished: EOF of a stream (check `damage` for how it ended)."""
 
 
 class Output(Protocol):
-    def send(self, env: Envelope) -> None: ...
-    def flush(self) -> None: ...
+    """Where a producer's envelopes go (broker, pipe, file): what `run_job` and replay take."""
+
+    def send(self, env: Envelope) -> None:
+        """Send one envelope; blocks under backpressure rather than dropping it."""
+
+    def flush(self) -> None:
+        """Hand on everything held back (a producer calls it before it waits)."""
+
     def flush_due(self) -> None:
         """Flush if data has been held back FLUSH_EVERY (a producer calls it after each step)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Deliver the rest and release; may raise ConnectionError when delivery failed."""
 
 
 class Input(Protocol):
+    """Where a consumer's envelopes come from (broker, pipe, file): what a store and tap take.
+
+    `damage` is set when a stream ended on a torn or corrupt record (None: a clean end).
+    """
+
     damage: StreamDamage | StreamError | None
 
-    def recv(self, timeout: float | None = None) -> Envelope | None: ...
-    def close(self) -> None: ...
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        """The next envelope, None after `timeout` seconds, EndOfInput at a stream's end."""
+
+    def close(self) -> None:
+        """Release the input."""
 
 
 class BrokerOutput:
@@ -235,6 +267,8 @@ class RunFileOutput:
 
 
 class BrokerInput:
+    """A `Subscriber` as an `Input` (the broker never ends, so `damage` stays None)."""
+
     def __init__(
         self,
         address: BrokerAddress,
@@ -347,6 +381,7 @@ def store_source(given: str | None, *, topics: bool, stdin_fd: int = 0) -> str |
 
 
 def stdout_is_pipe() -> bool:
+    """stdout is not a terminal: commands then write the envelope stream, not text."""
     try:
         return not sys.stdout.isatty()
     except (AttributeError, ValueError):

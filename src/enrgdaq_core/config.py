@@ -17,11 +17,25 @@ from typing import Any, TypeVar
 import msgspec
 import msgspec.inspect as mi
 
-T = TypeVar("T")
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "check",
+    "convert",
+    "load",
+    "read_toml",
+    "to_toml_dict",
+    "unknown_key_message",
+    "wrong_type_message",
+]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
+    """One problem in a config file: the file, the dotted key, and what was expected."""
+
     file: str
     key: str  # dotted path; "" for the file as a whole
     message: str
@@ -32,12 +46,15 @@ class ConfigIssue:
 
 
 class ConfigError(Exception):
+    """Every problem of a config (or of a whole directory), reported together."""
+
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file if it is missing or invalid."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -228,7 +245,7 @@ def check(data: Mapping[str, Any], type_: type, file: str | Path) -> list[Config
     return [ConfigIssue(str(file), k, m) for k, m in issues]
 
 
-def convert(data: Mapping[str, Any], type_: type[T], file: str | Path) -> T:
+def convert(data: Mapping[str, Any], type_: type[_T], file: str | Path) -> _T:
     """`data` as a `type_`, or ConfigError with every problem found."""
     issues = check(data, type_, file)
     if issues:
@@ -239,7 +256,8 @@ def convert(data: Mapping[str, Any], type_: type[T], file: str | Path) -> T:
         raise ConfigError([ConfigIssue(str(file), "", str(exc))]) from None
 
 
-def load(path: str | Path, type_: type[T]) -> T:
+def load(path: str | Path, type_: type[_T]) -> _T:
+    """Read `path` and validate it as `type_` (ConfigError listing every problem)."""
     return convert(read_toml(path), type_, path)
 
 

@@ -20,6 +20,27 @@ import msgspec
 if TYPE_CHECKING:
     import pyarrow as pa
 
+__all__ = [
+    "DATA_KINDS",
+    "HEADER_VERSION",
+    "TOPIC_END",
+    "Envelope",
+    "EnvelopeError",
+    "Header",
+    "Kind",
+    "ShmRef",
+    "Source",
+    "data_topic",
+    "decode_body",
+    "decode_header",
+    "encode_body",
+    "encode_header",
+    "node_name",
+    "parse_topic",
+    "subscription",
+    "topic_frame",
+]
+
 HEADER_VERSION = 1
 """Major header version. A decoder refuses a higher major; unknown fields of the same major are
 ignored, so fields can be added without breaking older readers."""
@@ -30,6 +51,8 @@ TOPIC_END = b"\x00"
 
 
 class Kind(StrEnum):
+    """What a message's payload is; a consumer dispatches on it, never on the topic."""
+
     TABLE = "table"  # payload: one Arrow IPC stream (schema + record batches)
     RAW = "raw"  # payload: opaque bytes
     STATS = "stats"  # payload: msgpack StatsReport (see stats.py)
@@ -40,6 +63,7 @@ class Kind(StrEnum):
 
 
 DATA_KINDS = frozenset({Kind.TABLE, Kind.RAW})
+"""The kinds that carry a source's data (the rest is telemetry and markers)."""
 
 
 class ShmRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +76,16 @@ class ShmRef(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Who sent a message, when, in which order and where stores should put it (msgpack).
+
+    Fields (docs/wire-format.md is the specification): `v` the major header version; `kind`;
+    `source` the sending piece; `seq` its message number, counting every kind from 0 per
+    `epoch` (the ns start time of the source process: a new epoch restarts the count, it is
+    not loss); `time_ns` the send time; `run`, `tag` as configured; `node` the sending host
+    (`DAQ_NODE` or the hostname); `rows` of a table payload; `store` the source's
+    `[store_config.<backend>]` settings; `shm` reserved for shared-memory payloads (refused).
+    """
+
     # A factory, not a plain default: omit_defaults would drop `v` from every header, and a
     # newer writer's headers would then look like ours to an older reader.
     v: int = msgspec.field(default_factory=lambda: HEADER_VERSION)
@@ -77,10 +111,13 @@ _header_decoder = msgspec.msgpack.Decoder(Header)
 
 
 def encode_header(header: Header) -> bytes:
+    """The header frame of a message (msgpack)."""
     return _encoder.encode(header)
 
 
 def decode_header(data: bytes | memoryview) -> Header:
+    """A header frame back as a `Header`; EnvelopeError if it is garbled, from a newer major
+    version, or points at shared memory (which this version cannot read)."""
     try:
         header = _header_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -100,6 +137,7 @@ def decode_header(data: bytes | memoryview) -> Header:
 
 
 def topic_frame(topic: str) -> bytes:
+    """The topic as it goes on the wire: UTF-8 plus the TOPIC_END terminator."""
     return topic.encode() + TOPIC_END
 
 
@@ -107,6 +145,7 @@ _parsed_topics: dict[bytes, str] = {}  # a consumer sees a few topics, each many
 
 
 def parse_topic(frame: bytes | memoryview) -> str:
+    """A topic frame back as text; EnvelopeError without its terminator or not UTF-8."""
     raw = bytes(frame)
     topic = _parsed_topics.get(raw)
     if topic is not None:
@@ -138,11 +177,28 @@ def subscription(pattern: str) -> bytes:
 
 
 def data_topic(source: str) -> str:
+    """The topic a source's data goes out on: `data.<source>`."""
     return f"data.{source}"
 
 
 @dataclass(slots=True)
 class Envelope:
+    """One message: the same three parts on a socket, in a pipe and in a run file.
+
+    Made by a `Source` (which stamps the header) or decoded by `from_frames`; consumers read
+    `kind`, `header` and `payload`, and `table()` for a TABLE message. Replay and bridges
+    pass envelopes on unchanged, so nothing downstream can tell a replayed run from a live one.
+
+    Parameters
+    ----------
+    topic:
+        What the message is about: `data.<source>`, `stats.<piece>`, `alert.<job>`.
+    header:
+        The stamped `Header`.
+    payload:
+        Arrow IPC stream (TABLE), opaque bytes (RAW), msgpack body (telemetry), or empty.
+    """
+
     topic: str
     header: Header
     payload: bytes | memoryview = b""
@@ -150,10 +206,12 @@ class Envelope:
 
     @property
     def kind(self) -> Kind:
+        """The header's kind."""
         return self.header.kind
 
     @property
     def nbytes(self) -> int:
+        """Payload size in bytes (what stats count as bytes)."""
         return len(self.payload)
 
     def table(self) -> pa.Table:
@@ -170,10 +228,12 @@ class Envelope:
         return self._table
 
     def frames(self) -> list[bytes | memoryview]:
+        """The three ZeroMQ frames: topic (terminated), header, payload."""
         return [topic_frame(self.topic), encode_header(self.header), self.payload]
 
     @classmethod
     def from_frames(cls, frames: Sequence[bytes | memoryview]) -> Envelope:
+        """Decode three received frames; EnvelopeError when they are not a valid message."""
         if len(frames) != 3:
             raise EnvelopeError(f"expected 3 frames (topic, header, payload), got {len(frames)}")
         return cls(parse_topic(frames[0]), decode_header(frames[1]), frames[2])
@@ -184,6 +244,7 @@ _encode_table_view: Any = None  # tables.encode_table_view, bound on the first t
 
 
 def node_name() -> str:
+    """This host's name in headers and stats: `DAQ_NODE`, else the hostname."""
     return _NODE
 
 
@@ -191,7 +252,21 @@ class Source:
     """Stamps outgoing messages of one source: topic, sequence number, time, run, store settings.
 
     One instance per publishing piece; the sequence counts every message of the source, whatever
-    its kind, so a consumer can tell exactly how many it missed.
+    its kind, so a consumer can tell exactly how many it missed. A job never makes one: the
+    runtime stamps what `step()` returns.
+
+    Parameters
+    ----------
+    name:
+        The source name, stamped as `header.source`.
+    topic:
+        The topic of `table`, `raw` and `end_of_stream` messages; default `data.<name>`.
+    run:
+        The run number stamped on every message.
+    tag:
+        The label stamped on every message.
+    store:
+        `[store_config]` settings per backend, as `StoreConfig.for_header()` gives them.
     """
 
     def __init__(
@@ -228,6 +303,7 @@ class Source:
         return header
 
     def table(self, table: pa.Table | pa.RecordBatch) -> Envelope:
+        """A TABLE message of `table` (encoded as one Arrow IPC stream, `rows` set)."""
         global _encode_table_view
         if _encode_table_view is None:  # pyarrow loads on first use, not with this module
             from enrgdaq_core.tables import encode_table_view
@@ -239,9 +315,11 @@ class Source:
         return env
 
     def raw(self, data: bytes | memoryview) -> Envelope:
+        """A RAW message carrying `data` as it is."""
         return Envelope(self.topic, self._header(Kind.RAW), data)
 
     def end_of_stream(self) -> Envelope:
+        """The EOS marker: the source stopped on purpose (stores close its files)."""
         return Envelope(self.topic, self._header(Kind.EOS))
 
     def control(self, kind: Kind, topic: str, body: object) -> Envelope:
@@ -250,10 +328,13 @@ class Source:
 
 
 def encode_body(body: object) -> bytes:
+    """A telemetry or control body as msgpack (structs, dicts, lists, numbers, text)."""
     return _encoder.encode(body)
 
 
 def decode_body(payload: bytes | memoryview, type_: Any = Any) -> Any:
+    """A msgpack body back, validated as `type_` (`StatsReport`, `Alert`); EnvelopeError if
+    it does not decode or validate."""
     try:
         return msgspec.msgpack.decode(payload, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -28,6 +28,20 @@ from enrgdaq_core.envelope import Envelope, EnvelopeError, Kind, decode_body
 from enrgdaq_core.stats import SequenceTracker, StatsReport, primary_rate
 from enrgdaq_core.transport import BrokerAddress, CurveKeys
 
+__all__ = [
+    "LOSSY_WINDOW",
+    "ROLE_ORDER",
+    "SORT_KEYS",
+    "STALE_AFTER",
+    "STATUSES",
+    "Monitor",
+    "PieceView",
+    "StatsFeed",
+    "Totals",
+    "collect",
+    "sort_pieces",
+]
+
 STALE_AFTER = 5.0  # seconds without a report before a piece is shown stale
 LOSSY_WINDOW = 10.0  # a piece whose loss count grew this recently is shown lossy
 
@@ -122,6 +136,8 @@ class PieceView:
 
 @dataclass
 class Totals:
+    """Counts over every piece, for a watch table's footer and the exporter."""
+
     pieces: int
     by_status: dict[str, int]
     lost: int  # messages lost, summed over every piece that counts gaps
@@ -305,6 +321,8 @@ class Monitor:
 
 
 def sort_pieces(views: Iterable[PieceView], sort: str, now: float) -> list[PieceView]:
+    """`views` in display order: node, role, name; then by `sort` (SORT_KEYS), largest first."""
+
     def by_name(v: PieceView) -> tuple[Any, ...]:
         return (v.node, ROLE_ORDER.get(v.role, 9), v.piece)
 

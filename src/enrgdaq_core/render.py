@@ -1,4 +1,8 @@
-"""Terminal rendering for the CLI (the one core module allowed to import rich)."""
+"""Terminal rendering for the CLI (the one core module allowed to import rich).
+
+Internal: the design is that subcommands share their rendering here rather than import each
+other; a lab reads the same data as plain values (`Monitor.snapshot`, `jobs.describe`).
+"""
 
 from __future__ import annotations
 

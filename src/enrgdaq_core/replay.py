@@ -37,6 +37,20 @@ if TYPE_CHECKING:
     from enrgdaq_core.channels import Output
     from enrgdaq_core.transport import BrokerAddress
 
+__all__ = [
+    "POSITION_HELP",
+    "Damage",
+    "Opener",
+    "Position",
+    "Progress",
+    "Replay",
+    "ReplayResult",
+    "Selection",
+    "parse_position",
+    "replay_output",
+    "run_info",
+]
+
 POSITION_HELP = (
     "rec:N (record number, from 0), seconds from the first record (90, 90s, 1.5m, 2h), "
     "a time of day (14:30:05) or an ISO time (2026-11-25T14:30:05, local unless it has an offset)"
@@ -132,6 +146,8 @@ class Selection:
 
 @dataclass(slots=True)
 class Damage:
+    """A torn or corrupt place in a run file: where, why, and where reading went on."""
+
     path: Path
     reason: str
     offset: int
@@ -156,6 +172,8 @@ class Damage:
 
 @dataclass(slots=True)
 class Progress:
+    """How far a replay is (for a progress line): pass, bytes, messages, time."""
+
     pass_no: int
     bytes_done: int
     bytes_total: int
@@ -165,6 +183,8 @@ class Progress:
 
 @dataclass
 class ReplayResult:
+    """What a replay did: messages and bytes sent, passes, damage met, stopped or not."""
+
     messages: int = 0
     bytes: int = 0  # payload bytes of the messages sent
     bytes_read: int = 0  # bytes of run file read (records scanned, sent or not)

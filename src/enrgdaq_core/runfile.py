@@ -35,6 +35,30 @@ from enrgdaq_core.stream import (
     read_file_header,
 )
 
+__all__ = [
+    "BLOCK_BYTES",
+    "BLOCK_RECORDS",
+    "FINAL",
+    "FORMAT",
+    "INDEX_MAGIC",
+    "INDEX_SUFFIX",
+    "INDEX_VERSION",
+    "SNAPSHOT_MAX_BYTES",
+    "IndexEntry",
+    "RunFileError",
+    "RunFileWriter",
+    "RunIndex",
+    "RunPart",
+    "build_index",
+    "config_snapshot",
+    "index_path",
+    "open_part",
+    "order_parts",
+    "read_index",
+    "resync",
+    "run_meta",
+]
+
 FORMAT = "enrgdaq-run"
 INDEX_SUFFIX = ".idx"
 INDEX_MAGIC = b"\x89EDAQIX\n"
@@ -55,6 +79,7 @@ class RunFileError(StreamError):
 
 
 def index_path(path: str | Path) -> Path:
+    """The sidecar index of a run file: `run42.raw` -> `run42.raw.idx`."""
     path = Path(path)
     return path.with_name(path.name + INDEX_SUFFIX)
 
@@ -116,6 +141,8 @@ def run_meta(
 
 @dataclass(slots=True)
 class IndexEntry:
+    """One index block: where it starts, its first record, how many, its time range."""
+
     offset: int
     record: int
     count: int
@@ -141,6 +168,8 @@ class IndexEntry:
 
 @dataclass(slots=True)
 class RunIndex:
+    """A run file's index as read: its blocks, and whether they cover the whole file."""
+
     entries: list[IndexEntry]
     complete: bool  # the last entry ends the file (clean close): counts are exact without a scan
     path: Path | None = None

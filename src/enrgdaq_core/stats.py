@@ -16,8 +16,24 @@ import msgspec
 
 from enrgdaq_core.envelope import Header, node_name
 
+__all__ = [
+    "LatencyHistogram",
+    "Meter",
+    "ProcessSampler",
+    "SequenceTracker",
+    "StatsReport",
+    "primary_rate",
+]
+
 
 class StatsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One piece's heartbeat, sent every second on `stats.<piece>` (msgpack).
+
+    The fields are the documented metrics (docs/metrics.md): counters since start, rates over
+    the last interval, `lost` from sequence gaps, latency percentiles, `queue` inside the piece,
+    CPU and memory; `extra` holds a piece's own figures (a store's `bad_messages`, ...).
+    """
+
     piece: str
     role: str  # job, store, broker, monitor, supervisor, bridge
     node: str = msgspec.field(default_factory=node_name)

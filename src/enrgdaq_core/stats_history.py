@@ -22,6 +22,14 @@ from enrgdaq_core.stats import StatsReport, primary_rate
 if TYPE_CHECKING:
     from enrgdaq_core.monitor import Monitor
 
+__all__ = [
+    "COLUMNS",
+    "HistoryError",
+    "Series",
+    "StatsRecorder",
+    "read_history",
+]
+
 COLUMNS = (
     "time",  # ISO 8601, UTC, of the report
     "node",
@@ -136,7 +144,7 @@ class Series:
 
 
 class HistoryError(ValueError):
-    pass
+    """A stats history file that cannot be read (missing, not a history, no rows)."""
 
 
 def _number(text: str) -> float | None:

@@ -15,8 +15,24 @@ from typing import Any, Literal
 
 import msgspec
 
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CONFIGS",
+    "BackendSpec",
+    "CSVStoreConfig",
+    "HDF5StoreConfig",
+    "MemoryStoreConfig",
+    "MySQLStoreConfig",
+    "ROOTStoreConfig",
+    "RawStoreConfig",
+    "RedisStoreConfig",
+    "StoreConfig",
+]
+
 
 class _FileStore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Keys every file backend takes (docs/stores.md: file names, rotation, batching)."""
+
     file_path: str = ""  # empty: "<source>.<ext>" in the working directory
     add_date: bool = False
     overwrite: bool = False
@@ -27,28 +43,38 @@ class _FileStore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_
 
 
 class CSVStoreConfig(_FileStore):
+    """`[store_config.csv]`: file keys, plus gzip or zstd compression."""
+
     use_gzip: bool = False
     use_zstd: bool = False
 
 
 class ROOTStoreConfig(_FileStore):
+    """`[store_config.root]`: file keys, the tree name and the file's compression."""
+
     tree_name: str = ""  # empty: the source name
     compression_type: Literal["ZSTD", "ZLIB", "LZ4", "LZMA", "NONE"] = "ZSTD"
     compression_level: int = 5
 
 
 class HDF5StoreConfig(_FileStore):
+    """`[store_config.hdf5]`: file keys, the group name and the dataset compression."""
+
     dataset_name: str = ""  # empty: the source name (one group per source)
     compression: Literal["gzip", "lzf", "none"] = "gzip"
 
 
 class RawStoreConfig(_FileStore):
+    """`[store_config.raw]`: file keys; `payload_only` writes bare payloads."""
+
     payload_only: bool = False
 
 
 class MySQLStoreConfig(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
+    """`[store_config.mysql]`: the table and how timestamps and lists are stored."""
+
     table_name: str = ""
     flush_rows: int = 0
     flush_seconds: float = 0.0
@@ -60,6 +86,8 @@ class MySQLStoreConfig(
 class RedisStoreConfig(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
+    """`[store_config.redis]`: the key, its expiry and the layout (lists, timeseries, stream)."""
+
     key: str = ""
     key_expiration_days: int | None = None
     use_timeseries: bool | None = None
@@ -120,6 +148,7 @@ class _StoreConfigBase(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
     def backends(self) -> list[str]:
+        """The backends this source configured, in the table's order."""
         return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
 
     def for_header(self) -> dict[str, dict[str, Any]]:
@@ -127,7 +156,8 @@ class _StoreConfigBase(
         return {name: msgspec.to_builtins(getattr(self, name)) for name in self.backends()}
 
 
-# `[store_config]`: one optional table per backend of BACKENDS, in its order.
+# `[store_config]`: one optional table per backend of BACKENDS, in its order. (A struct made
+# from the table, so a backend added to BACKENDS is a valid key with nothing else to edit.)
 StoreConfig = msgspec.defstruct(
     "StoreConfig",
     [(b.name, b.settings | None, None) for b in BACKENDS],
@@ -136,4 +166,8 @@ StoreConfig = msgspec.defstruct(
     kw_only=True,
     forbid_unknown_fields=True,
     omit_defaults=True,
+    namespace={
+        "__doc__": "`[store_config]` of a job: one optional `[store_config.<backend>]` table "
+        "per backend; the tables given travel in every header of the job's messages."
+    },
 )

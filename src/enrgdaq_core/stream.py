@@ -23,6 +23,23 @@ import msgspec
 
 from enrgdaq_core.envelope import Envelope, EnvelopeError, decode_header, encode_header
 
+__all__ = [
+    "MAGIC",
+    "MAX_BODY",
+    "RECORD_MARKER",
+    "VERSION",
+    "Record",
+    "StreamDamage",
+    "StreamError",
+    "StreamMeta",
+    "StreamReader",
+    "StreamWriter",
+    "file_header",
+    "read_envelopes",
+    "read_file_header",
+    "record_bytes",
+]
+
 MAGIC = b"\x89EDAQ\r\n\x1a"
 VERSION = 1
 RECORD_MARKER = b"\x1eREC"
@@ -57,10 +74,12 @@ class StreamMeta:
 
     @property
     def run(self) -> int:
+        """The run number the writer put in the meta (0: none)."""
         return int(self.meta.get("run", 0))
 
 
 def file_header(meta: dict[str, Any] | None = None) -> bytes:
+    """The file header bytes: magic, version and `meta` (msgpack, with `created_ns`)."""
     body = msgspec.msgpack.encode({"created_ns": time.time_ns(), **(meta or {})})
     return _FILE_HEAD.pack(MAGIC, VERSION, 0, len(body), zlib.crc32(body)) + body
 
@@ -81,7 +100,20 @@ def record_bytes(env: Envelope) -> list[bytes | memoryview]:
 
 
 class StreamWriter:
-    """Writes envelopes as records to a binary file object (a pipe, a run file)."""
+    """Writes envelopes as records to a binary file object (a pipe, a run file).
+
+    It never flushes by itself: the owner decides (a pipe output every FLUSH_EVERY, a run
+    file at each index block).
+
+    Parameters
+    ----------
+    fileobj:
+        Where records go (opened in binary mode).
+    meta:
+        The file header's meta (`writer`, `source`, `run`, ...).
+    header:
+        False writes records only (a stream that continues another).
+    """
 
     def __init__(
         self, fileobj: BinaryIO, meta: dict[str, Any] | None = None, *, header: bool = True
@@ -134,6 +166,7 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
 
 
 def read_file_header(f: BinaryIO, *, offset: int = 0) -> StreamMeta:
+    """Read and check the file header at the start of `f` (StreamError if it is not one)."""
     head = _read_exact(f, _FILE_HEAD.size)
     if not head:
         raise StreamError("empty stream: no file header")
@@ -170,6 +203,8 @@ def _file_header_after(head: bytes, f: BinaryIO, offset: int, record: int) -> St
 
 @dataclass(slots=True)
 class Record:
+    """One record as read: where it was, its number and its envelope."""
+
     offset: int  # byte offset of the record in the stream
     index: int  # record number, from 0, across concatenated streams
     envelope: Envelope
@@ -182,6 +217,15 @@ class StreamReader:
 
     Streams may be concatenated (`cat a.raw b.raw`): a second file header is accepted where a
     record would start, and its meta replaces the current one.
+
+    Parameters
+    ----------
+    fileobj:
+        The stream (a pipe, a file), read sequentially.
+    offset:
+        Byte offset the reader starts at (reported in records and damage).
+    expect_header:
+        False for a record-only stream (a writer with `header=False`).
     """
 
     def __init__(self, fileobj: BinaryIO, *, offset: int = 0, expect_header: bool = True) -> None:
@@ -256,5 +300,6 @@ def _decode_body(body: memoryview) -> Envelope:
 
 
 def read_envelopes(fileobj: BinaryIO) -> Iterator[Envelope]:
+    """Every envelope of a stream, in order (StreamDamage after the last good one)."""
     for rec in StreamReader(fileobj):
         yield rec.envelope

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+__all__ = [
+    "ONE_COPY_ABOVE",
+    "TableError",
+    "decode_table",
+    "encode_table",
+    "encode_table_view",
+]
+
 
 class TableError(ValueError):
     """An Arrow payload that cannot be encoded or decoded.

@@ -33,11 +33,30 @@ from enrgdaq_core.envelope import (
     topic_frame,
 )
 
+__all__ = [
+    "DATA_HWM",
+    "DEFAULT_TCP_PORT",
+    "MONITOR_HWM",
+    "ZERO_COPY_ABOVE",
+    "AddressError",
+    "BrokerAddress",
+    "CurveKeys",
+    "Mode",
+    "Publisher",
+    "Subscriber",
+    "TelemetryPublisher",
+    "context",
+    "make_socket",
+    "runtime_dir",
+]
+
 DEFAULT_TCP_PORT = 5550
 DATA_HWM = 1000  # messages queued per peer before backpressure (lossless) or drops (monitor)
 MONITOR_HWM = 1000
 
 Mode = Literal["lossless", "monitor"]
+"""A consumer's kind: `lossless` (the broker's `out`: backpressure, never loss) or `monitor`
+(`mon`: may miss messages, never slows anyone; it counts what it missed)."""
 
 ZERO_COPY_ABOVE = zmq.COPY_THRESHOLD
 """Immutable payloads from this size are handed to ZeroMQ without a copy (pyzmq's own threshold:
@@ -93,11 +112,17 @@ def runtime_dir() -> Path:
 
 
 class AddressError(ValueError):
-    pass
+    """A broker address that is neither `ipc://PATH` nor `tcp://HOST:PORT`."""
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
+    """The four endpoints of one broker, derived from the one address users give.
+
+    Make it with `BrokerAddress.parse(...)`: `base` is the address as given (normalised),
+    `inbound`/`outbound`/`monitor`/`control` the endpoints of the module docstring.
+    """
+
     base: str
     inbound: str
     outbound: str
@@ -154,6 +179,7 @@ def _secure(sock: zmq.Socket, endpoint: str, keys: CurveKeys | None, *, server: 
 
 
 def context() -> zmq.Context:
+    """The process's shared zmq context (sockets use it unless given their own `ctx`)."""
     return zmq.Context.instance()
 
 
@@ -201,6 +227,21 @@ class Publisher:
     XPUB rather than PUB so the source can see the broker's subscription and wait for it
     before its first message (a PUB would silently drop what it sends before the link is up).
     With XPUB_NODROP a full queue blocks the sender: backpressure, never loss.
+
+    Call `wait_ready()` before the first `send` (`channels.BrokerOutput` does, and also
+    waits at close until the broker has counted every message: use it rather than a bare
+    Publisher for a source that must lose nothing at its end).
+
+    Parameters
+    ----------
+    address:
+        The broker; the socket connects to its `inbound` endpoint.
+    hwm:
+        Messages queued before `send` blocks (the send high-water mark).
+    keys:
+        CURVE keys for tcp endpoints (client side); None: no encryption.
+    ctx:
+        The zmq context; default the process's shared one.
     """
 
     def __init__(
@@ -301,11 +342,26 @@ class Publisher:
         return self.gave_up
 
     def close(self, linger: float = 5.0) -> None:
+        """Close, giving queued messages up to `linger` seconds to leave."""
         self._sock.close(linger=int(linger * 1000))
 
 
 class TelemetryPublisher:
-    """Stats, logs and alerts: PUB to the broker, dropping rather than ever blocking the job."""
+    """Stats, logs and alerts: PUB to the broker, dropping rather than ever blocking the job.
+
+    A heartbeat must never slow the data path, so a full queue (100 messages) drops the new
+    message and counts it in `dropped`; a monitor sees the gap in the sequence. No wait for
+    the broker's subscription either: the first reports of a piece may be lost.
+
+    Parameters
+    ----------
+    address:
+        The broker; the socket connects to its `inbound` endpoint.
+    keys:
+        CURVE keys for tcp endpoints; None: no encryption.
+    ctx:
+        The zmq context; default the process's shared one.
+    """
 
     def __init__(
         self,
@@ -320,17 +376,42 @@ class TelemetryPublisher:
         self.dropped = 0
 
     def send(self, env: Envelope) -> None:
+        """Send now or drop (counted in `dropped`); never blocks."""
         try:
             self._sock.send_multipart(env.frames(), zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
 
     def close(self) -> None:
+        """Close, giving queued reports half a second to leave."""
         self._sock.close(linger=500)
 
 
 class Subscriber:
-    """A consumer: lossless on the broker's `out`, or a monitor on `mon` (may miss messages)."""
+    """A consumer: lossless on the broker's `out`, or a monitor on `mon` (may miss messages).
+
+    A lossless subscriber that reads slowly slows the sources (backpressure through the
+    broker); a monitor never does, and the messages it misses show as sequence gaps (count
+    them with `stats.SequenceTracker`).
+
+    Parameters
+    ----------
+    address:
+        The broker.
+    topics:
+        Topic patterns (`envelope.subscription`): `data.sensor1` exact (never
+        `data.sensor10`), `data.` or `data.sensor*` prefixes, `` everything. An empty list
+        subscribes to everything.
+    mode:
+        `lossless` (the broker's `outbound`) or `monitor` (its `monitor` endpoint).
+    hwm:
+        Messages queued for this subscriber (receive high-water mark); default
+        DATA_HWM / MONITOR_HWM.
+    keys:
+        CURVE keys for tcp endpoints; None: no encryption.
+    ctx:
+        The zmq context; default the process's shared one.
+    """
 
     def __init__(
         self,
@@ -359,10 +440,17 @@ class Subscriber:
 
     @property
     def socket(self) -> zmq.Socket:
+        """The zmq socket, to poll it together with others (a `zmq.Poller`)."""
         return self._sock
 
     def recv(self, timeout: float | None = None) -> Envelope | None:
-        """The next envelope, or None after `timeout` seconds. Undecodable ones are counted."""
+        """The next envelope, or None after `timeout` seconds (None: wait for ever; 0: only
+        what has arrived).
+
+        A message that does not decode (a garbled header, a wrong frame count, a newer
+        header version) is counted in `undecodable` and skipped, never raised: one bad peer
+        must not stop a consumer (the wait starts over after one).
+        """
         sock = self._sock
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         if ms != self._timeout_ms:  # the wait happens inside libzmq: no Poller per message
@@ -380,4 +468,5 @@ class Subscriber:
                 self.undecodable += 1
 
     def close(self) -> None:
+        """Close at once (what is queued for us is dropped)."""
         self._sock.close(linger=0)

@@ -1,4 +1,8 @@
-"""Job types described for people: their keys, types and defaults, and starter TOML files."""
+"""Job types described for people: their keys, types and defaults, and starter TOML files.
+
+Internal: the design is that `daq job list` and `daq job new` read a job type from its own
+`Config` struct, so a new type needs no description beyond its class.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ _LEGACY = {"remote_config", "daq_job_unique_id"}  # accepted for seed configs, n
 
 
 def describe(cls: type[Job]) -> dict[str, Any]:
+    """A job type as plain data: description, aliases, and each key's type and default."""
     info = mi.type_info(cls.Config)
     assert isinstance(info, mi.StructType)
     keys = {}
@@ -32,6 +37,7 @@ def describe(cls: type[Job]) -> dict[str, Any]:
 
 
 def starter_toml(cls: type[Job], type_name: str) -> str:
+    """A config file for `cls` with every key at its default (`daq job new`)."""
     import tomli_w
 
     config = cls.Config(daq_job_type=type_name)

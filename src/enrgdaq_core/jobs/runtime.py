@@ -19,6 +19,10 @@ from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.transport import TelemetryPublisher
 
+__all__ = [
+    "run_job",
+]
+
 log = logging.getLogger("enrgdaq.job")
 
 
