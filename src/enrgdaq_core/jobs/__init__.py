@@ -20,7 +20,7 @@ from enrgdaq_core.config import (
     read_toml,
     wrong_type_message,
 )
-from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.jobs.base import Job
 
 # The built-in job types, in the order `daq job list` shows them: type_name -> class. A name
 # here must be its class's own `type_name` (tests check it); the seed's names a type answers
@@ -117,4 +117,4 @@ def load_job(
     return cls(config, name or config.name or path.stem)
 
 
-__all__ = ["Job", "JobConfig", "load_job", "names", "resolve"]
+__all__ = ["load_job", "names", "resolve"]
