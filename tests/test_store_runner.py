@@ -16,19 +16,24 @@ from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.jobs.runtime import StopFlag
 from enrgdaq_core.store_config import CSVStoreConfig
 from enrgdaq_core.stores import runner as runner_mod
-from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, TransientError, Writer
+from enrgdaq_core.stores.base import (
+    Destination,
+    StoreOptions,
+    TableBackend,
+    TableWriter,
+    TransientError,
+)
 from enrgdaq_core.stores.paths import (
     file_path,
     next_part,
     parse_period,
     parts,
     split_name,
-    unique,
 )
 from enrgdaq_core.stores.runner import StoreRunner
 
 
-class Recorder(Writer):
+class Recorder(TableWriter):
     def __init__(self, backend: RecordingBackend, dest: Destination) -> None:
         self.backend = backend
         self.dest = dest
@@ -52,7 +57,7 @@ class Recorder(Writer):
         self.closed = True
 
 
-class RecordingBackend(Backend):
+class RecordingBackend(TableBackend):
     name = "csv"  # reads the csv settings from headers
     extension = ".rec"
     Settings = CSVStoreConfig
@@ -67,7 +72,7 @@ class RecordingBackend(Backend):
         self.writes: list[tuple[str, int]] = []
         self.fail_next: Exception | None = None
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
         self.opened.append(
             Destination(
                 dest.source,
@@ -180,7 +185,7 @@ def test_transient_failure_then_give_up_at_shutdown(
     monkeypatch.setattr(runner_mod, "RETRY_FIRST", 0.05)
 
     class Down(RecordingBackend):
-        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
             raise TransientError("server down")
 
     be = Down(StoreOptions(flush_rows=5))
@@ -195,7 +200,7 @@ def test_backpressure_stops_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runner_mod, "SHUTDOWN_RETRY_SECONDS", 0.1)
 
     class Down(RecordingBackend):
-        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
             raise TransientError("server down")
 
     be = Down(StoreOptions(flush_rows=5, max_pending_rows=20))
@@ -237,7 +242,7 @@ def test_overwrite_applies_once_per_file(tmp_path: Path) -> None:
 
 def test_schema_change_asks_the_writer(tmp_path: Path) -> None:
     class Strict(RecordingBackend):
-        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
             w = super().open(dest, schema)
             w.accepts = lambda s, first=schema: s.equals(first)  # type: ignore[method-assign]
             return w
@@ -316,7 +321,7 @@ def test_file_path_placeholders_date_tag_and_compression() -> None:
 
 def test_parts_sort_after_the_file_they_follow(tmp_path: Path) -> None:
     base = tmp_path / "s_20251124T160000Z.csv.zst"
-    assert next_part(base) == base and unique(base) == base
+    assert next_part(base) == base
     base.write_text("x")
     names = [base]
     for _ in range(3):
