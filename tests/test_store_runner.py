@@ -23,9 +23,12 @@ from enrgdaq_core.stores.base import (
     TableWriter,
     TransientError,
 )
+from enrgdaq_core.stores.base import Backend
 from enrgdaq_core.stores.paths import (
+    CannotAppend,
     file_path,
     next_part,
+    open_series,
     parse_period,
     parts,
     split_name,
@@ -367,3 +370,72 @@ def test_exit_on_eos_waits_for_every_named_source(tmp_path: Path) -> None:
     runner.expect_sources(["data.a", "data.b", "data.", "stats.x"])
     runner.run(ListInput(list(envs)), StopFlag(), exit_on_eos=True)
     assert be.rows() == i64(0, 4)
+
+
+def test_open_series_truncates_appends_or_starts_the_next_part(tmp_path: Path) -> None:
+    """The one rule of every file backend: overwrite, append to the last part, or a new part
+    when asked (append=False) or when the opener refuses to append."""
+    import logging
+
+    log = logging.getLogger("t")
+    opened: list[tuple[str, bool]] = []
+    refuse: set[str] = set()
+
+    def open_file(p: Path, create: bool) -> Path:
+        if not create and p.name in refuse:
+            raise CannotAppend("left by a crash")
+        opened.append((p.name, create))
+        p.touch()
+        return p
+
+    base = tmp_path / "s.csv"
+
+    def series(**kw: bool) -> str:
+        return open_series(base, open_file=open_file, log=log, **kw).name  # type: ignore[arg-type]
+
+    assert series(overwrite=False, append=True) == "s.csv"  # nothing there: created
+    assert series(overwrite=False, append=True) == "s.csv"  # appended
+    assert series(overwrite=False, append=False) == "s_part001.csv"  # a new file wanted
+    assert series(overwrite=False, append=True) == "s_part001.csv"  # the last part
+    refuse.add("s_part001.csv")
+    assert series(overwrite=False, append=True) == "s_part002.csv"
+    assert series(overwrite=True, append=True) == "s.csv"
+    assert opened == [
+        ("s.csv", True),
+        ("s.csv", False),
+        ("s_part001.csv", True),
+        ("s_part001.csv", False),
+        ("s_part002.csv", True),
+        ("s.csv", True),
+    ]
+
+
+def test_a_backend_is_a_table_or_an_envelope_backend() -> None:
+    class Neither(Backend):
+        Settings = CSVStoreConfig
+
+    with pytest.raises(TypeError, match="TableBackend or EnvelopeBackend"):
+        StoreRunner(Neither(StoreOptions()), name="t")
+
+
+def test_sources_sharing_a_file_rotate_together(tmp_path: Path) -> None:
+    """Rotation has one owner, the runner: when the file two sources share is due, both move
+    to the same next file; a source that joins later writes the current one."""
+    runner, be = make(tmp_path, flush_rows=1)
+    settings = {"csv": {"file_path": "shared.rec", "rotate": "1h"}}
+    a, b, c = (Source(n, store=settings) for n in "abc")
+    runner.handle(a.table(sample_table(0, 1)))
+    runner.handle(b.table(sample_table(1, 1)))
+    first = {w.dest.path for w in be.writers}
+    assert len(first) == 1
+    for slot in runner._slots.values():  # an hour has passed for this file
+        slot.dest.opened_at -= 3600
+    runner._series[next(iter(runner._series))].opened_at -= 3600
+    runner.handle(a.table(sample_table(2, 1)))  # a's write makes the file due: both rotate
+    assert runner.rotations == 1
+    assert all(w.closed for w in be.writers[:2])
+    runner.handle(b.table(sample_table(3, 1)))
+    runner.handle(c.table(sample_table(4, 1)))
+    second = {w.dest.path for w in be.writers[2:]}
+    assert len(second) == 1  # one next file (named by the rotation time) for all three
+    assert [d.append for d in be.opened] == [True, True, False, False, False]  # a new file
