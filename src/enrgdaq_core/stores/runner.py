@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -495,8 +495,7 @@ class StoreRunner:
         self.rows_by_source[slot.source] = self.rows_by_source.get(slot.source, 0) + rows
 
     def _write_envelopes(self, slot: _Slot) -> None:
-        writer = self._open(slot, None)
-        assert isinstance(writer, EnvelopeWriter)
+        writer = cast("EnvelopeWriter", self._open(slot, None))  # no isinstance: hot path
         writer.write_envelopes(slot.buffer)
         writer.flush()
         self._written(slot, slot.rows, slot.nbytes)
@@ -523,15 +522,14 @@ class StoreRunner:
                     _describe(slot.schema),
                     _describe(schema),
                 )
-                writer = slot.writer
-                if isinstance(writer, TableWriter) and not writer.accepts(schema):
+                writer = cast("TableWriter | None", slot.writer)
+                if writer is not None and not writer.accepts(schema):
                     self._close(slot)  # the writer asks for a new file: never append to one
                     slot.dest = self._destination(
                         slot.source, slot.run, slot.dest.tag, slot.settings, append=False
                     )
             try:
-                writer = self._open(slot, schema)
-                assert isinstance(writer, TableWriter)
+                writer = cast("TableWriter", self._open(slot, schema))
                 table = pa.Table.from_batches(
                     [b for t in group for b in t.to_batches()], schema=schema
                 )
