@@ -15,18 +15,18 @@ def run_null_store(stream: Path, backend: str) -> float:
     from enrgdaq_core.channels import StreamInput
     from enrgdaq_core.signals import StopFlag
     from enrgdaq_core.store_config import BACKEND_CONFIGS
-    from enrgdaq_core.stores.base import Backend, StoreOptions, Writer
+    from enrgdaq_core.stores.base import StoreOptions, TableBackend, TableWriter
     from enrgdaq_core.stores.runner import StoreRunner
 
-    class Discard(Writer):
+    class Discard(TableWriter):
         def write(self, table: pa.Table) -> None:
             pass
 
-    class Null(Backend):
+    class Null(TableBackend):
         name = backend
         Settings = BACKEND_CONFIGS[backend]
 
-        def open(self, dest: Any, schema: Any) -> Writer:
+        def open(self, dest: Any, schema: Any) -> TableWriter:
             return Discard()
 
     runner = StoreRunner(Null(StoreOptions()), name="bench-null")

@@ -9,7 +9,7 @@ Cases: a high-rate stream of 1-row messages (sensor-like: a ns timestamp and thr
 - ours, store loop: the whole store as `daq store` runs it (StoreRunner reading the stream
   file, decoding every envelope, batching, writing, flushing), timed in-process so interpreter
   start-up is not counted;
-- ours, backend only: our Writer given the already-decoded batches the runner would hand it
+- ours, backend only: our TableWriter given the already-decoded batches the runner would hand it
   (the cost of the backend layer itself: conversions, bookkeeping, crash-safety marks);
 - bare: the library alone on the same decoded batches with the same settings and durability
   (pyarrow.csv.write_csv + flush; uproot extend with ZSTD 5; h5py resize + write + flush in
@@ -138,7 +138,7 @@ def run_store(backend: str, stream: Path, out: Path) -> float:
 
 
 def run_writer(backend: str, work: list[pa.Table], out: Path) -> float:
-    """Seconds for our Writer alone to write the decoded batches (open to close)."""
+    """Seconds for our TableWriter alone to write the decoded batches (open to close)."""
     from enrgdaq_core.stores import backend_class
     from enrgdaq_core.stores.base import Destination, StoreOptions
 

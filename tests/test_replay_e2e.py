@@ -85,6 +85,8 @@ def _subscribers(addr: BrokerAddress, topic: str) -> int:
 def recorded_run(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> Path:
     """A run of two real jobs through a real broker, stored live (in live/) by a CSV, an HDF5
     and a ROOT store, and recorded by `daq store raw` (run000007.raw), all side by side."""
+    # exact names: with --exit-on-eos a store waits for both sources, also when one of them
+    # ends before the other starts (as happens on a loaded machine)
     live = [
         procs.start(
             "store",
@@ -92,9 +94,9 @@ def recorded_run(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> Path:
             "--broker",
             broker.base,
             "--from",
-            "data.sensor1*",
+            "data.sensor1",
             "--from",
-            "data.digi1*",
+            "data.digi1",
             "--out-dir",
             "live",
             "--exit-on-eos",
@@ -117,8 +119,8 @@ def recorded_run(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> Path:
     wait_for(
         lambda: (
             _subscribed(broker, {"data.sensor1$", "data.digi1$"})
-            and _subscribers(broker, "data.sensor1") >= len(BACKENDS)
-            and _subscribers(broker, "data.digi1") >= len(BACKENDS)
+            and _subscribers(broker, "data.sensor1$") >= len(BACKENDS) + 1  # and the raw store
+            and _subscribers(broker, "data.digi1$") >= len(BACKENDS) + 1
         ),
         30,
         what="every store subscribed",

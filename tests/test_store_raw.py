@@ -116,9 +116,11 @@ def test_two_sources_share_one_file_in_arrival_order(
     s = write(tmp_path / "sensor.toml", SENSOR)
     d = write(tmp_path / "digi.toml", DIGI)
     j1 = procs.start(
-        "job", "run", str(s), "-o", "broker", "--broker", broker.base, "--count", "150"
+        "job", "run", str(s), "-o", "broker", "--broker", broker.base, "--count", "600"
     )
-    j2 = procs.start("job", "run", str(d), "-o", "broker", "--broker", broker.base, "--count", "80")
+    j2 = procs.start(
+        "job", "run", str(d), "-o", "broker", "--broker", broker.base, "--count", "300"
+    )
     assert j1.wait(60) == 0 and j2.wait(60) == 0
     assert store.wait(60) == 0, store.stderr.read().decode()
 
@@ -126,14 +128,32 @@ def test_two_sources_share_one_file_in_arrival_order(
     by_source: dict[str, list[int]] = {}
     for e in envs:
         by_source.setdefault(e.header.source, []).append(e.header.seq)
-    assert by_source == {"sensor1": list(range(151)), "digi1": list(range(81))}
-    # written as they arrived, not grouped per source: the two streams interleave throughout
+    assert by_source == {"sensor1": list(range(601)), "digi1": list(range(301))}
+    # written as they arrived, not grouped per source: across sources the file follows the
+    # send times (up to delivery jitter), and while both streams ran they interleave
+    late = [
+        (a.header.source, b.header.source)
+        for a, b in zip(envs, envs[1:], strict=False)
+        if b.header.time_ns < a.header.time_ns - 250_000_000
+    ]
+    assert not late, late[:5]
+    times = {src: [e.header.time_ns for e in envs if e.header.source == src] for src in by_source}
+    overlap = min(t[-1] for t in times.values()) - max(t[0] for t in times.values())
+    both = [e for e in envs if overlap > 0 and _within(e, times, overlap)]
     switches = sum(
-        1 for a, b in zip(envs, envs[1:], strict=False) if a.header.source != b.header.source
+        1 for a, b in zip(both, both[1:], strict=False) if a.header.source != b.header.source
     )
-    assert switches > 40, switches
+    # the digitizer sends every 4 ms: one switch per 40 ms of overlap is far below arrival
+    # order and far above one batch per source
+    assert switches >= overlap // 40_000_000, (switches, overlap)
     digi = next(e for e in envs if e.header.source == "digi1" and e.kind is Kind.TABLE)
     assert digi.table().schema.field("ch0").type.list_size == 16
+
+
+def _within(e: Envelope, times: dict[str, list[int]], overlap: int) -> bool:
+    """Whether `e` was sent while both sources were sending."""
+    start = max(t[0] for t in times.values())
+    return start <= e.header.time_ns <= start + overlap
 
 
 def _wait_records(path: Path, n: int) -> bool:
@@ -277,3 +297,89 @@ def test_shared_file_rotates_as_one_and_keeps_arrival_order(tmp_path: Path) -> N
     for p in parts[:-1]:
         assert {e.header.source for e in records(p.path)} == {"a", "b"}
         assert p.size < 0.01e6 + 2 * 400  # closed once over the limit, not long after
+
+
+def test_a_run_file_outlives_its_first_source(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    """Two sources of one run whose lifetimes do not overlap (sensor1 ends with end-of-stream
+    before digi1 starts) stay one run file, run000007.raw, with every record of both."""
+    from enrgdaq_core.replay import Replay, Selection
+
+    store = procs.start(
+        "store",
+        "raw",
+        "--broker",
+        broker.base,
+        "--from",
+        "data.sensor1",
+        "--from",
+        "data.digi1",
+        "-o",
+        "run{run}.raw",
+        "--exit-on-eos",
+    )
+    wait_for(lambda: _subscribed(broker, {"data.sensor1$", "data.digi1$"}), 15, what="store")
+    common = ("-o", "broker", "--broker", broker.base, "--run", "7")
+    s = write(tmp_path / "sensor.toml", SENSOR)
+    d = write(tmp_path / "digi.toml", DIGI)
+    path = tmp_path / "run000007.raw"
+    j1 = procs.start("job", "run", str(s), *common, "--count", "40")
+    assert j1.wait(60) == 0
+    # sensor1 is over (its end-of-stream recorded) before digi1 sends anything
+    wait_for(lambda: _wait_records(path, 41), 20, what="sensor1's records and its end")
+    j2 = procs.start("job", "run", str(d), *common, "--count", "25")
+    assert j2.wait(60) == 0
+    assert store.wait(60) == 0, store.stderr.read().decode()
+
+    assert sorted(p.name for p in tmp_path.glob("*.raw")) == ["run000007.raw"]
+    part = open_part(path)
+    assert part.run == 7 and part.part == 0
+    assert part.index is not None and part.index.complete
+    got: dict[str, list[tuple[int, Kind]]] = {}
+    for _, _, record in Replay([path], Selection()).records():
+        h = record.envelope.header
+        got.setdefault(h.source, []).append((h.seq, h.kind))
+    assert [seq for seq, _ in got["sensor1"]] == list(range(41))
+    assert [seq for seq, _ in got["digi1"]] == list(range(26))
+    assert got["sensor1"][-1][1] is Kind.EOS and got["digi1"][-1][1] is Kind.EOS
+    assert all(k is not Kind.EOS for _, k in got["sensor1"][:-1] + got["digi1"][:-1])
+
+
+def test_run_file_lives_as_long_as_its_run_in_process(tmp_path: Path) -> None:
+    """The runner and the raw backend in-process: a source that starts after another ended
+    writes into the same run file; the file closes (complete index) once a later run starts,
+    while the store goes on; a source alone in its file comes back into that file too."""
+    from enrgdaq_core.jobs.runtime import StopFlag
+    from enrgdaq_core.stores.options import build_backend
+    from enrgdaq_core.stores.runner import StoreRunner
+
+    store = {"raw": {"file_path": "run{run}.raw"}}
+    a, b = Source("a", run=7, store=store), Source("b", run=7, store=store)
+    c = Source("c", run=8, store=store)
+    alone = Source("alone", run=7, store={"raw": {}})
+    backend, overrides = build_backend("raw", flags={"out_dir": str(tmp_path)})
+    runner = StoreRunner(backend, name="t", settings_override=overrides)
+    first = [a.raw(bytes([i]) * 10) for i in range(5)] + [a.end_of_stream()]
+    first += [alone.raw(b"x"), alone.end_of_stream()]
+    second = [b.raw(bytes([i]) * 10) for i in range(3)] + [b.end_of_stream()]
+    second += [alone.raw(b"y"), alone.end_of_stream()]
+    for env in first + second:
+        runner.handle(env)
+    runner.tick()
+    run7 = tmp_path / "run000007.raw"
+    assert sorted(p.name for p in tmp_path.glob("*.raw")) == ["alone.raw", "run000007.raw"]
+    assert not open_part(run7).index.complete  # type: ignore[union-attr]  # still open
+    runner.handle(c.raw(b"run 8"))  # a later run: run 7's idle file is over
+    assert open_part(run7).index.complete  # type: ignore[union-attr]
+    runner.run(_ListInput([c.end_of_stream()]), StopFlag())
+    assert [(e.header.source, e.header.seq) for e in records(run7)] == [
+        (e.header.source, e.header.seq) for e in first + second if e.header.source != "alone"
+    ]
+    assert [e.header.seq for e in records(tmp_path / "alone.raw")] == [0, 1, 2, 3]
+    assert [e.header.source for e in records(tmp_path / "run000008.raw")] == ["c", "c"]
+    assert sorted(p.name for p in tmp_path.glob("*.raw")) == [
+        "alone.raw",
+        "run000007.raw",
+        "run000008.raw",
+    ]

@@ -191,3 +191,52 @@ def test_two_sources_one_file_and_overwrite(procs: Procs, tmp_path: Path) -> Non
         assert sorted(f.keys(cycle=False)) == ["one", "two"]
         check_tree(f["one"], 1000, 200)
         check_tree(f["two"], 1000, 200)
+
+
+def test_crash_ordering_hook_is_in_place(tmp_path: Path) -> None:
+    """The hook that orders uproot's in-place writes is installed on every tree written, with
+    the uproot this project pins (pyproject.toml bounds it to TESTED_UPROOT)."""
+    import tomllib
+
+    from enrgdaq_core.envelope import Source
+    from enrgdaq_core.stores.options import build_backend
+    from enrgdaq_core.stores.root import TESTED_UPROOT, crash_ordering_problem
+    from enrgdaq_core.stores.runner import StoreRunner
+
+    assert crash_ordering_problem() is None, crash_ordering_problem()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    deps = pyproject["project"]["dependencies"]
+    assert f"uproot{TESTED_UPROOT}" in [d.replace(" ", "") for d in deps]
+
+    backend, _ = build_backend("root", flags={"out_dir": str(tmp_path), "flush_rows": 1})
+    runner = StoreRunner(backend, name="t")
+    src = Source("s1", store={"root": {}})
+    runner.handle(src.table(sample_table(0, 5)))
+    runner.handle(src.table(sample_table(5, 5)))
+    (slot,) = runner._slots.values()
+    tree = slot.writer.handle.file[slot.writer.tree_name]  # type: ignore[union-attr]
+    cascading = tree._cascading
+    assert cascading._enrgdaq_ordered is True
+    assert cascading.write_updates.__qualname__.startswith("_crash_ordered.")
+    assert backend.stats()["crash_ordering"] is True
+    runner.handle(src.end_of_stream())
+    with uproot.open(tmp_path / "s1.root") as f:
+        assert f["s1"].num_entries == 10
+
+
+def test_missing_crash_ordering_hook_warns_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An uproot whose internal Tree.write_updates changed: the store says so at start and in
+    its stats, instead of silently losing the crash ordering."""
+    from uproot.writing._cascadetree import Tree
+
+    from enrgdaq_core.stores.options import build_backend
+    from enrgdaq_core.stores.root import crash_ordering_problem
+
+    monkeypatch.delattr(Tree, "write_updates")
+    assert "write_updates" in (crash_ordering_problem() or "")
+    with caplog.at_level("WARNING", logger="enrgdaq.store.root"):
+        backend, _ = build_backend("root", flags={"out_dir": str(tmp_path)})
+    assert "crash-safe write ordering is OFF" in caplog.text
+    assert backend.stats()["crash_ordering"] is False

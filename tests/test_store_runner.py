@@ -16,19 +16,27 @@ from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.store_config import CSVStoreConfig
 from enrgdaq_core.stores import runner as runner_mod
-from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, TransientError, Writer
+from enrgdaq_core.stores.base import (
+    Backend,
+    Destination,
+    StoreOptions,
+    TableBackend,
+    TableWriter,
+    TransientError,
+)
 from enrgdaq_core.stores.paths import (
+    CannotAppend,
     file_path,
     next_part,
+    open_series,
     parse_period,
     parts,
     split_name,
-    unique,
 )
 from enrgdaq_core.stores.runner import StoreRunner
 
 
-class Recorder(Writer):
+class Recorder(TableWriter):
     def __init__(self, backend: RecordingBackend, dest: Destination) -> None:
         self.backend = backend
         self.dest = dest
@@ -52,7 +60,7 @@ class Recorder(Writer):
         self.closed = True
 
 
-class RecordingBackend(Backend):
+class RecordingBackend(TableBackend):
     name = "csv"  # reads the csv settings from headers
     extension = ".rec"
     Settings = CSVStoreConfig
@@ -67,7 +75,7 @@ class RecordingBackend(Backend):
         self.writes: list[tuple[str, int]] = []
         self.fail_next: Exception | None = None
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
         self.opened.append(
             Destination(
                 dest.source,
@@ -180,7 +188,7 @@ def test_transient_failure_then_give_up_at_shutdown(
     monkeypatch.setattr(runner_mod, "RETRY_FIRST", 0.05)
 
     class Down(RecordingBackend):
-        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
             raise TransientError("server down")
 
     be = Down(StoreOptions(flush_rows=5))
@@ -195,7 +203,7 @@ def test_backpressure_stops_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runner_mod, "SHUTDOWN_RETRY_SECONDS", 0.1)
 
     class Down(RecordingBackend):
-        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
             raise TransientError("server down")
 
     be = Down(StoreOptions(flush_rows=5, max_pending_rows=20))
@@ -237,7 +245,7 @@ def test_overwrite_applies_once_per_file(tmp_path: Path) -> None:
 
 def test_schema_change_asks_the_writer(tmp_path: Path) -> None:
     class Strict(RecordingBackend):
-        def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+        def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
             w = super().open(dest, schema)
             w.accepts = lambda s, first=schema: s.equals(first)  # type: ignore[method-assign]
             return w
@@ -316,7 +324,7 @@ def test_file_path_placeholders_date_tag_and_compression() -> None:
 
 def test_parts_sort_after_the_file_they_follow(tmp_path: Path) -> None:
     base = tmp_path / "s_20251124T160000Z.csv.zst"
-    assert next_part(base) == base and unique(base) == base
+    assert next_part(base) == base
     base.write_text("x")
     names = [base]
     for _ in range(3):
@@ -362,3 +370,72 @@ def test_exit_on_eos_waits_for_every_named_source(tmp_path: Path) -> None:
     runner.expect_sources(["data.a", "data.b", "data.", "stats.x"])
     runner.run(ListInput(list(envs)), StopFlag(), exit_on_eos=True)
     assert be.rows() == i64(0, 4)
+
+
+def test_open_series_truncates_appends_or_starts_the_next_part(tmp_path: Path) -> None:
+    """The one rule of every file backend: overwrite, append to the last part, or a new part
+    when asked (append=False) or when the opener refuses to append."""
+    import logging
+
+    log = logging.getLogger("t")
+    opened: list[tuple[str, bool]] = []
+    refuse: set[str] = set()
+
+    def open_file(p: Path, create: bool) -> Path:
+        if not create and p.name in refuse:
+            raise CannotAppend("left by a crash")
+        opened.append((p.name, create))
+        p.touch()
+        return p
+
+    base = tmp_path / "s.csv"
+
+    def series(**kw: bool) -> str:
+        return open_series(base, open_file=open_file, log=log, **kw).name  # type: ignore[arg-type]
+
+    assert series(overwrite=False, append=True) == "s.csv"  # nothing there: created
+    assert series(overwrite=False, append=True) == "s.csv"  # appended
+    assert series(overwrite=False, append=False) == "s_part001.csv"  # a new file wanted
+    assert series(overwrite=False, append=True) == "s_part001.csv"  # the last part
+    refuse.add("s_part001.csv")
+    assert series(overwrite=False, append=True) == "s_part002.csv"
+    assert series(overwrite=True, append=True) == "s.csv"
+    assert opened == [
+        ("s.csv", True),
+        ("s.csv", False),
+        ("s_part001.csv", True),
+        ("s_part001.csv", False),
+        ("s_part002.csv", True),
+        ("s.csv", True),
+    ]
+
+
+def test_a_backend_is_a_table_or_an_envelope_backend() -> None:
+    class Neither(Backend):
+        Settings = CSVStoreConfig
+
+    with pytest.raises(TypeError, match="TableBackend or EnvelopeBackend"):
+        StoreRunner(Neither(StoreOptions()), name="t")
+
+
+def test_sources_sharing_a_file_rotate_together(tmp_path: Path) -> None:
+    """Rotation has one owner, the runner: when the file two sources share is due, both move
+    to the same next file; a source that joins later writes the current one."""
+    runner, be = make(tmp_path, flush_rows=1)
+    settings = {"csv": {"file_path": "shared.rec", "rotate": "1h"}}
+    a, b, c = (Source(n, store=settings) for n in "abc")
+    runner.handle(a.table(sample_table(0, 1)))
+    runner.handle(b.table(sample_table(1, 1)))
+    first = {w.dest.path for w in be.writers}
+    assert len(first) == 1
+    for slot in runner._slots.values():  # an hour has passed for this file
+        slot.dest.opened_at -= 3600
+    runner._series[next(iter(runner._series))].opened_at -= 3600
+    runner.handle(a.table(sample_table(2, 1)))  # a's write makes the file due: both rotate
+    assert runner.rotations == 1
+    assert all(w.closed for w in be.writers[:2])
+    runner.handle(b.table(sample_table(3, 1)))
+    runner.handle(c.table(sample_table(4, 1)))
+    second = {w.dest.path for w in be.writers[2:]}
+    assert len(second) == 1  # one next file (named by the rotation time) for both
+    assert [d.append for d in be.opened] == [True, True, False, False]  # b, c: a new file

@@ -13,13 +13,13 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from enrgdaq_core.stores.base import Backend, StoreOptions, Writer
+from enrgdaq_core.stores.base import StoreOptions, TableBackend, TableWriter
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
-class ServerBackend(Backend):
+class ServerBackend(TableBackend):
     """A backend behind one server connection (subclasses say how to connect)."""
 
     label = ""  # the server's name in log lines: "MySQL", "Redis"
@@ -94,7 +94,7 @@ class ServerBackend(Backend):
         }
 
 
-class ServerWriter(Writer):
+class ServerWriter(TableWriter):
     """A writer whose batches carry a commit record (subclasses read and delete it)."""
 
     def __init__(self, backend: ServerBackend) -> None:

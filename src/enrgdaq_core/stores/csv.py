@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from enrgdaq_core.store_config import CSVStoreConfig
 from enrgdaq_core.stores._columns import json_strings
-from enrgdaq_core.stores.base import Backend, Destination, Writer
-from enrgdaq_core.stores.paths import latest_part, next_part, split_name
+from enrgdaq_core.stores._shared_files import Claims
+from enrgdaq_core.stores.base import Destination, TableBackend, TableWriter
+from enrgdaq_core.stores.paths import CannotAppend, open_series, split_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -138,7 +139,7 @@ def header_line(schema: pa.Schema) -> bytes:
     return buf.getvalue()
 
 
-class CSVWriter(Writer):
+class CSVWriter(TableWriter):
     def __init__(
         self,
         path: Path,
@@ -194,14 +195,14 @@ class CSVWriter(Writer):
             self._f.close()
 
 
-class CSVBackend(Backend):
+class CSVBackend(TableBackend):
     name = "csv"
     extension = ".csv"
     Settings = CSVStoreConfig
 
     def __init__(self, options: Any) -> None:
         super().__init__(options)
-        self._owners: dict[Path, str] = {}  # file -> the source that writes it here
+        self._claims = Claims()  # a file is one source's: a second one gets its own name
 
     def extension_for(self, settings: Any) -> str:
         if settings.use_zstd:
@@ -210,43 +211,38 @@ class CSVBackend(Backend):
             return ".csv.gz"
         return self.extension
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
-        assert schema is not None and dest.path is not None
+    def open(self, dest: Destination, schema: pa.Schema) -> TableWriter:
+        assert dest.path is not None
         path = dest.path
-        owner = self._owners.get(path.resolve())
-        if owner is not None and owner != dest.source:
-            # Two sources, one file name: never mix their rows; the second gets its own file.
-            stem, ext = split_name(path.name)
-            path = path.with_name(f"{stem}_{dest.source}{ext}")
-        truncate = False
-        if dest.overwrite:
-            truncate = True
-        elif not dest.append:
-            path = next_part(path)
-        else:
-            path = self._append_target(path, schema)
-        dest.path = path
-        self._owners.setdefault(path.resolve(), dest.source)
-        return CSVWriter(path, schema, truncate=truncate)
+        # Two sources, one file name: never mix their rows; the second gets its own file.
+        stem, ext = split_name(path.name)
+        path = path.with_name(
+            self._claims.claim((path.parent.resolve(), ext), stem, dest.source) + ext
+        )
 
-    def _append_target(self, path: Path, schema: pa.Schema) -> Path:
-        """The file a (re)started store appends to, or a new part when appending is unsafe."""
-        last = latest_part(path)
-        if not last.exists() or last.stat().st_size == 0:
-            return last
-        if _compression(last):
-            reason = "compressed files are never appended to after a restart"
-        else:
-            with open(last, "rb") as f:
-                first = f.readline()
-                f.seek(-1, 2)
-                tail = f.read(1)
-            if first != header_line(schema):
-                reason = "its columns differ"
-            elif tail != b"\n":
-                reason = "it ends in a partial line (a crash mid-write)"
-            else:
-                return last
-        new = next_part(path)
-        log.info("not appending to %s (%s): writing %s", last, reason, new)
-        return new
+        def open_file(p: Path, create: bool) -> CSVWriter:
+            if not create:
+                _check_append(p, schema)
+            return CSVWriter(p, schema, truncate=create)
+
+        writer = open_series(
+            path, overwrite=dest.overwrite, append=dest.append, open_file=open_file, log=log
+        )
+        dest.path = writer.path
+        return writer
+
+
+def _check_append(path: Path, schema: pa.Schema) -> None:
+    """Raise CannotAppend unless rows of `schema` may be appended to the existing `path`."""
+    if path.stat().st_size == 0:
+        return
+    if _compression(path):
+        raise CannotAppend("compressed files are never appended to after a restart", warn=False)
+    with open(path, "rb") as f:
+        first = f.readline()
+        f.seek(-1, 2)
+        tail = f.read(1)
+    if first != header_line(schema):
+        raise CannotAppend("its columns differ", warn=False)
+    if tail != b"\n":
+        raise CannotAppend("it ends in a partial line (a crash mid-write)", warn=False)

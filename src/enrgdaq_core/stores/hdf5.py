@@ -36,8 +36,8 @@ from enrgdaq_core.stores._columns import (
     schema_signature,
 )
 from enrgdaq_core.stores._shared_files import SharedFiles
-from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
-from enrgdaq_core.stores.paths import latest_part, next_part
+from enrgdaq_core.stores.base import Destination, StoreOptions, TableBackend, TableWriter
+from enrgdaq_core.stores.paths import CannotAppend, open_series
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,21 +89,11 @@ class _H5File:
 
         self._h5py = h5py
         self.path = path
-        self.refs = 0
         self.generation = 0  # bumped when the file is reopened: dataset handles go stale
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = self._open("w" if create else "a")
-        self.owners: dict[str, str] = {}  # group name -> the source writing it
         self.swmr = False  # entered at the first flush, once the first groups exist
         self._swmr_refused = False
-
-    def claim(self, group: str, source: str) -> str:
-        """The group name for `source`: two sources never write into one group."""
-        owner = self.owners.setdefault(group, source)
-        if owner != source:
-            group = f"{group}_{source}"
-            self.owners.setdefault(group, source)
-        return group
 
     def _open(self, mode: str) -> Any:
         return self._h5py.File(
@@ -148,12 +138,12 @@ class _H5File:
             self.file.close()
 
 
-class HDF5Writer(Writer):
+class HDF5Writer(TableWriter):
     def __init__(self, backend: HDF5Backend, handle: _H5File, dest: Destination) -> None:
         settings: HDF5StoreConfig = dest.settings
         self.backend = backend
         self.handle = handle
-        self.base = handle.claim(settings.dataset_name or dest.source, dest.source)
+        self.base = backend.claim(handle, settings.dataset_name or dest.source, dest.source)
         self.compression = None if settings.compression == "none" else settings.compression
         self.group_name = ""
         self.schema: pa.Schema | None = None
@@ -230,7 +220,7 @@ class HDF5Writer(Writer):
             self._generation = self.handle.generation
         return self._datasets
 
-    # -- the Writer contract ---------------------------------------------------------------
+    # -- the TableWriter contract ---------------------------------------------------------------
 
     def write(self, table: pa.Table) -> None:
         if self.schema is None or not table.schema.equals(self.schema):
@@ -267,7 +257,7 @@ class HDF5Writer(Writer):
             self.backend._release(self.handle)
 
 
-class HDF5Backend(Backend):
+class HDF5Backend(TableBackend):
     name = "hdf5"
     extension = ".h5"
     Settings = HDF5StoreConfig
@@ -280,34 +270,34 @@ class HDF5Backend(Backend):
         self.resizes = 0
         self.nulls_filled = 0
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema) -> TableWriter:
         import h5py  # noqa: F401 - fail here, at open, if h5py is missing
 
         handle = self._shared.acquire(dest, self._open_file)
         return HDF5Writer(self, handle, dest)
 
+    def claim(self, handle: _H5File, group: str, source: str) -> str:
+        """The group name for `source`: two sources never write into one group."""
+        return self._shared.claims.claim(handle.path.resolve(), group, source)
+
     def _open_file(self, dest: Destination) -> _H5File:
         assert dest.path is not None
-        path = dest.path
-        if dest.overwrite:
-            return _H5File(path, create=True)
-        if not dest.append:
-            return _H5File(next_part(path), create=True)
-        last = latest_part(path)
-        if not last.exists():
-            return _H5File(last, create=True)
-        try:
-            return _H5File(last, create=False)
-        except OSError as exc:
-            new = next_part(path)
-            log.warning(
-                "%s cannot be appended to (%s): writing %s. If it was left by a crash, read it "
-                "with h5py.File(path, 'r', swmr=True) or clear its mark with `h5clear -s`.",
-                last,
-                str(exc).split("\n")[0],
-                new,
-            )
-            return _H5File(new, create=True)
+
+        def open_file(path: Path, create: bool) -> _H5File:
+            if create:
+                return _H5File(path, create=True)
+            try:
+                return _H5File(path, create=False)
+            except OSError as exc:
+                why = str(exc).split("\n")[0]
+                raise CannotAppend(
+                    f"{why}; if it was left by a crash, read it with "
+                    "h5py.File(path, 'r', swmr=True) or clear its mark with `h5clear -s`"
+                ) from None
+
+        return open_series(
+            dest.path, overwrite=dest.overwrite, append=dest.append, open_file=open_file, log=log
+        )
 
     def _release(self, handle: _H5File) -> None:
         self._shared.release(handle)

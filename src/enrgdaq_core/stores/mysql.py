@@ -21,8 +21,8 @@ from enrgdaq_core.stores.base import (
     Destination,
     StoreOptions,
     StoreUnavailable,
+    TableWriter,
     TransientError,
-    Writer,
 )
 
 if TYPE_CHECKING:
@@ -676,7 +676,7 @@ class MySQLBackend(ServerBackend):
             ) from None
         self._checked(conn)
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
         settings: MySQLStoreConfig = dest.settings
         name = dest.name or settings.table_name or dest.source
         name = name.replace("{source}", dest.source).replace("{run}", str(dest.run))

@@ -3,14 +3,18 @@
 Every date and time in a name is UTC, so that names sort in time order across daylight-saving
 changes and between hosts in different zones. A file that must not be appended to gets the
 next *part* name (`sensor_part001.csv`), which sorts after the file it follows.
+`open_series` is the one rule every file backend follows to reopen, append or start a part.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 COMPRESSED = (".zst", ".gz", ".bz2", ".xz", ".lz4")
 """Suffixes that wrap another format: `x.csv.zst` keeps `.csv.zst` as its extension."""
@@ -156,10 +160,58 @@ def next_part(path: Path) -> Path:
     return part_path(path, (int(match["n"]) if match else 0) + 1)
 
 
-def unique(path: Path) -> Path:
-    """`path` if it does not exist, else the next part (a new file must not clobber one)."""
-    return path if not path.exists() else next_part(path)
-
-
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+class CannotAppend(Exception):
+    """Raised by a backend's opener: this existing file must not be written again (why).
+
+    `warn` says whether the reason deserves a warning (a file left by a crash) rather than
+    an info line (a run file is never appended to, a CSV whose columns differ).
+    """
+
+    def __init__(self, reason: str, *, warn: bool = True) -> None:
+        super().__init__(reason)
+        self.warn = warn
+
+
+F = TypeVar("F")
+
+
+def open_series(
+    path: Path,
+    *,
+    overwrite: bool,
+    append: bool,
+    open_file: Callable[[Path, bool], F],
+    log: logging.Logger,
+) -> F:
+    """Open the file of the series that starts at `path`: truncate, append, or a new part.
+
+    The one rule of every file store (csv, root, hdf5, raw): `overwrite` truncates `path`;
+    `append` False (the runner wants a new file: rotation, a failed write, columns the
+    writer refused) opens the next part; otherwise the last existing part is appended to,
+    unless `open_file(last, False)` raises `CannotAppend` (left by a crash, other columns,
+    compressed, a run file), which opens the next part instead.
+    `open_file(p, True)` creates `p` (or truncates it), `open_file(p, False)` appends.
+    """
+    if overwrite:
+        return open_file(path, True)
+    if not append:
+        return open_file(next_part(path), True)
+    last = latest_part(path)
+    if not last.exists():
+        return open_file(last, True)
+    try:
+        return open_file(last, False)
+    except CannotAppend as exc:
+        new = next_part(path)
+        log.log(
+            logging.WARNING if exc.warn else logging.INFO,
+            "not appending to %s (%s): writing %s",
+            last,
+            exc,
+            new,
+        )
+        return open_file(new, True)

@@ -27,8 +27,8 @@ from enrgdaq_core.stores.base import (
     Destination,
     StoreOptions,
     StoreUnavailable,
+    TableWriter,
     TransientError,
-    Writer,
 )
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ class RedisWriter(ServerWriter):
                 raise
         self._series.add(series)
 
-    # -- Writer ------------------------------------------------------------------------------
+    # -- TableWriter -------------------------------------------------------------------------
 
     def write(self, table: pa.Table) -> None:
         import redis
@@ -444,7 +444,7 @@ class RedisBackend(ServerBackend):
         ):
             raise StoreUnavailable(f"Redis at {self.where}: {MODULE_HELP}")
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
         settings: RedisStoreConfig = dest.settings
         key = dest.name or settings.key or dest.source
         key = key.replace("{source}", dest.source).replace("{run}", str(dest.run))

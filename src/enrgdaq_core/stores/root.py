@@ -33,8 +33,8 @@ import numpy as np
 from enrgdaq_core.store_config import ROOTStoreConfig
 from enrgdaq_core.stores._columns import ColumnPlan, column_data, plan_schema, schema_signature
 from enrgdaq_core.stores._shared_files import SharedFiles
-from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
-from enrgdaq_core.stores.paths import latest_part, next_part
+from enrgdaq_core.stores.base import Destination, StoreOptions, TableBackend, TableWriter
+from enrgdaq_core.stores.paths import CannotAppend, open_series
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("enrgdaq.store.root")
 
 WRITING_KEY = "enrgdaq_writing"
+TESTED_UPROOT = ">=5.3,<5.8"  # the range `_crash_ordered` was checked against (pyproject.toml)
 
 
 def _compression(settings: ROOTStoreConfig) -> Any:
@@ -81,7 +82,34 @@ class _Recorder:
 COALESCE_GAP = 32  # merge writes this close together into one (reading the bytes between)
 
 
-def _crash_ordered(cascading: Any) -> None:
+def crash_ordering_problem() -> str | None:
+    """Why `_crash_ordered` cannot be installed in this uproot, or None when it can.
+
+    The hook replaces an internal method, uproot's `Tree.write_updates(sink)`, and uses the
+    file sink's `read(location, n)` and `write(location, data)`; an uproot that renamed or
+    changed any of them would silently lose the crash ordering, so the store checks first.
+    """
+    import inspect
+
+    import uproot
+
+    version = getattr(uproot, "__version__", "?")
+    try:
+        from uproot.sink.file import FileSink
+        from uproot.writing._cascadetree import Tree
+    except ImportError as exc:
+        return f"uproot {version} has no {exc.name}"
+    method = getattr(Tree, "write_updates", None)
+    if method is None or list(inspect.signature(method).parameters) != ["self", "sink"]:
+        return f"uproot {version} has no Tree.write_updates(self, sink)"
+    for name, params in (("read", ["self", "location", "num_bytes"]), ("write", None)):
+        fn = getattr(FileSink, name, None)
+        if fn is None or (params and list(inspect.signature(fn).parameters)[:3] != params):
+            return f"uproot {version} has no FileSink.{name} as expected"
+    return None
+
+
+def _crash_ordered(cascading: Any) -> bool:
     """Make a tree's metadata update survive a kill -9 at any point.
 
     After each extend, uproot updates the tree in place with many small writes, the tree's
@@ -91,11 +119,14 @@ def _crash_ordered(cascading: Any) -> None:
     reverse order, with writes a few bytes apart merged into one: every branch's basket
     arrays land before its counters (one write), and the tree's entry count lands last, so
     the file is always either before or after the extend, as far as any reader can tell.
-    Relies on uproot's Tree.write_updates(sink) (uproot 5); without it, nothing changes.
+    Relies on uproot's Tree.write_updates(sink) (checked by `crash_ordering_problem`);
+    returns whether the hook is in place.
     """
+    if getattr(cascading, "_enrgdaq_ordered", False):
+        return True
     original = getattr(cascading, "write_updates", None)
-    if original is None or getattr(cascading, "_enrgdaq_ordered", False):
-        return
+    if original is None:
+        return False
 
     def write_updates(sink: Any) -> None:
         rec = _Recorder()
@@ -117,6 +148,7 @@ def _crash_ordered(cascading: Any) -> None:
 
     cascading.write_updates = write_updates
     cascading._enrgdaq_ordered = True
+    return True
 
 
 def _branch_type(plan: ColumnPlan) -> Any:
@@ -138,21 +170,12 @@ class _RootFile:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.refs = 0
-        self.owners: dict[str, str] = {}  # tree name -> the source writing it
         if create:
             self.file = uproot.recreate(path, compression=compression)
         else:
             self.file = uproot.update(path)
         self.file[WRITING_KEY] = f"written by enrgdaq pid {os.getpid()}"
         self.names = _key_names(self.file.keys())
-
-    def claim(self, tree: str, source: str) -> str:
-        owner = self.owners.setdefault(tree, source)
-        if owner != source:
-            tree = f"{tree}_{source}"
-            self.owners.setdefault(tree, source)
-        return tree
 
     def size(self) -> int:
         try:
@@ -166,12 +189,14 @@ class _RootFile:
             self.file.close()
 
 
-class ROOTWriter(Writer):
+class ROOTWriter(TableWriter):
     def __init__(self, backend: ROOTBackend, handle: _RootFile, dest: Destination) -> None:
         settings: ROOTStoreConfig = dest.settings
         self.backend = backend
         self.handle = handle
-        self.base = handle.claim(settings.tree_name or dest.source, dest.source)
+        self.base = backend._shared.claims.claim(
+            handle.path.resolve(), settings.tree_name or dest.source, dest.source
+        )
         self.tree_name = ""
         self.schema: pa.Schema | None = None
         self.plans: list[ColumnPlan] = []
@@ -236,7 +261,8 @@ class ROOTWriter(Writer):
             else:
                 branches[plan.name] = col.values
         tree = self.handle.file[self.tree_name]
-        _crash_ordered(getattr(tree, "_cascading", None))
+        if not _crash_ordered(getattr(tree, "_cascading", None)):
+            self.backend.unordered_writes += 1
         tree.extend(branches)
         self.backend.baskets += 1
 
@@ -249,7 +275,7 @@ class ROOTWriter(Writer):
             self.backend._release(self.handle)
 
 
-class ROOTBackend(Backend):
+class ROOTBackend(TableBackend):
     name = "root"
     extension = ".root"
     Settings = ROOTStoreConfig
@@ -262,34 +288,43 @@ class ROOTBackend(Backend):
         self.titles: dict[tuple[Path, str], str] = {}  # (file, tree) -> title, read on reopen
         self.baskets = 0
         self.nulls_filled = 0
+        self.unordered_writes = 0  # extends without the crash-ordering hook
+        self.crash_ordering_problem = crash_ordering_problem()
+        if self.crash_ordering_problem:
+            log.warning(
+                "ROOT store: crash-safe write ordering is OFF (%s). A kill -9 during a write "
+                "may leave a tree uproot refuses to read. enrgdaq is tested with uproot%s: "
+                "install one of those (pip install 'uproot%s').",
+                self.crash_ordering_problem,
+                TESTED_UPROOT,
+                TESTED_UPROOT,
+            )
 
     def title(self, handle: _RootFile, tree: str) -> str:
         return self.titles.get((handle.path, tree), "")
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema) -> TableWriter:
         handle = self._shared.acquire(dest, self._open_file)
         return ROOTWriter(self, handle, dest)
 
     def _open_file(self, dest: Destination) -> _RootFile:
         assert dest.path is not None
         compression = _compression(dest.settings)
-        path = dest.path
-        if dest.overwrite:
-            return _RootFile(path, create=True, compression=compression)
-        if not dest.append:
-            return _RootFile(next_part(path), create=True, compression=compression)
-        last = latest_part(path)
-        if not last.exists():
-            return _RootFile(last, create=True, compression=compression)
-        reason = self._unappendable(last)
-        if reason is None:
+
+        def open_file(path: Path, create: bool) -> _RootFile:
+            if create:
+                return _RootFile(path, create=True, compression=compression)
+            reason = self._unappendable(path)
+            if reason is not None:
+                raise CannotAppend(reason)
             try:
-                return _RootFile(last, create=False, compression=compression)
+                return _RootFile(path, create=False, compression=compression)
             except Exception as exc:  # uproot raises assorted errors on damaged files
-                reason = f"uproot cannot update it: {exc!r}"
-        new = next_part(path)
-        log.warning("%s cannot be appended to (%s): writing %s", last, reason, new)
-        return _RootFile(new, create=True, compression=compression)
+                raise CannotAppend(f"uproot cannot update it: {exc!r}") from None
+
+        return open_series(
+            dest.path, overwrite=dest.overwrite, append=dest.append, open_file=open_file, log=log
+        )
 
     def _unappendable(self, path: Path) -> str | None:
         """Why an existing file must not be appended to, or None; remembers tree titles."""
@@ -314,4 +349,8 @@ class ROOTBackend(Backend):
         self._shared.close_all()
 
     def stats(self) -> dict[str, Any]:
-        return {"baskets": self.baskets, "nulls_filled": self.nulls_filled}
+        return {
+            "baskets": self.baskets,
+            "nulls_filled": self.nulls_filled,
+            "crash_ordering": self.crash_ordering_problem is None and not self.unordered_writes,
+        }

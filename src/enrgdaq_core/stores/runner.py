@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -29,7 +29,15 @@ from enrgdaq_core.channels import EndOfInput, Input
 from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Kind, Source
 from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import Meter
-from enrgdaq_core.stores.base import Backend, Destination, TransientError, Writer
+from enrgdaq_core.stores.base import (
+    Backend,
+    Destination,
+    EnvelopeBackend,
+    EnvelopeWriter,
+    TableBackend,
+    TableWriter,
+    TransientError,
+)
 from enrgdaq_core.stores.paths import date_string, file_path, parse_period
 from enrgdaq_core.transport import TelemetryPublisher
 
@@ -56,7 +64,7 @@ class _Slot:
     flush_rows: int
     flush_seconds: float
     flush_bytes: int
-    writer: Writer | None = None
+    writer: TableWriter | EnvelopeWriter | None = None
     schema: pa.Schema | None = None
     buffer: list[Any] = field(default_factory=list)  # tables, or envelopes for the raw store
     rows: int = 0
@@ -65,6 +73,20 @@ class _Slot:
     retry_at: float = 0.0
     backoff: float = RETRY_FIRST
     last: tuple[int, int] | None = None  # (epoch, seq) of the newest buffered message
+
+
+@dataclass(slots=True)
+class _Series:
+    """The current file of one file name (before rotation stamps): what its slots share.
+
+    Every source whose destination resolves to the same name writes the same current file,
+    and they rotate together: the runner is the one owner of rotation.
+    """
+
+    path: Path  # the current file (with its rotation stamp)
+    opened_at: float
+    run: int
+    append: bool = True  # False right after a rotation: the new file must be a new one
 
 
 @dataclass
@@ -105,7 +127,12 @@ class StoreRunner:
         require_target: bool = False,
         state_file: Path | None = None,
     ) -> None:
+        if not isinstance(backend, (TableBackend, EnvelopeBackend)):
+            raise TypeError(
+                f"{type(backend).__name__} must subclass TableBackend or EnvelopeBackend"
+            )
         self.backend = backend
+        self._envelopes = isinstance(backend, EnvelopeBackend)  # whole envelopes, not rows
         self.require_target = require_target
         self.not_targeted = 0
         self.name = name
@@ -121,6 +148,7 @@ class StoreRunner:
         self._retiring: list[_Slot] = []
         self._ended_sources: set[str] = set()
         self._seen_sources: set[str] = set()
+        self._series: dict[Path, _Series] = {}  # file name without stamp -> current file
         self._written_paths: set[str] = set()  # files this process opened (overwrite once)
         self._sizes: dict[str, int] = {}  # bytes of each open file at its last write
         self._throttle = _Throttle()
@@ -203,28 +231,55 @@ class StoreRunner:
     def _template(self, settings: Any) -> str:
         return self.destination or getattr(settings, "file_path", "")
 
+    def _path(
+        self, source: str, run: int, tag: str, settings: Any, now: float, *, stamp: bool
+    ) -> Path:
+        return file_path(
+            self._template(settings),
+            source=source,
+            extension=self.backend.extension_for(settings),
+            out_dir=self.backend.options.out_dir,
+            run=run,
+            tag=tag,
+            add_date=getattr(settings, "add_date", False),
+            rotating=stamp,
+            now=now,
+        )
+
     def _destination(
-        self, source: str, run: int, tag: str, settings: Any, *, append: bool = True
+        self,
+        source: str,
+        run: int,
+        tag: str,
+        settings: Any,
+        *,
+        append: bool = True,
+        new_file_at: float | None = None,
     ) -> Destination:
+        """Where a slot writes: for files, the current file of its series (see _Series).
+
+        `append` False: this slot needs a new file (a failed write, refused columns);
+        `new_file_at`: the series rotates, its next file is named by this time.
+        """
         dest = Destination(source=source, settings=settings, run=run, tag=tag, append=append)
-        if self.backend.extension:
-            rotating = bool(getattr(settings, "rotate", "") or getattr(settings, "rotate_mb", 0))
-            dest.path = file_path(
-                self._template(settings),
-                source=source,
-                extension=self.backend.extension_for(settings),
-                out_dir=self.backend.options.out_dir,
-                run=run,
-                tag=tag,
-                add_date=getattr(settings, "add_date", False),
-                rotating=rotating,
-                now=dest.opened_at,
-            )
-            dest.overwrite = bool(getattr(settings, "overwrite", False)) and (
-                str(dest.path) not in self._written_paths
-            )
-        else:
+        if not self.backend.extension:
             dest.name = self.destination or ""
+            return dest
+        now = dest.opened_at if new_file_at is None else new_file_at
+        base = self._path(source, run, tag, settings, now, stamp=False)
+        series = self._series.get(base)
+        if series is None or (new_file_at is not None and series.opened_at < new_file_at):
+            rotating = bool(getattr(settings, "rotate", "") or getattr(settings, "rotate_mb", 0))
+            path = self._path(source, run, tag, settings, now, stamp=rotating)
+            series = _Series(path, now, run, append=new_file_at is None)
+            for key in [k for k, v in self._series.items() if v.run < run]:
+                del self._series[key]  # names of runs before this one: nothing joins them
+            self._series[base] = series
+        dest.path, dest.series, dest.opened_at = series.path, base, series.opened_at
+        dest.append = append and series.append
+        dest.overwrite = bool(getattr(settings, "overwrite", False)) and (
+            str(dest.path) not in self._written_paths
+        )
         return dest
 
     def _slot_for(self, env: Envelope) -> _Slot:
@@ -317,7 +372,7 @@ class StoreRunner:
             )
 
     def _add(self, slot: _Slot, env: Envelope) -> None:
-        if self.backend.wants_envelopes:
+        if self._envelopes:
             item: Any = env
             rows = max(env.header.rows, 1)
         else:
@@ -370,7 +425,7 @@ class StoreRunner:
             return False
         t0 = time.perf_counter()
         try:
-            if self.backend.wants_envelopes:
+            if self._envelopes:
                 self._write_envelopes(slot)
             else:
                 self._write_tables(slot)
@@ -407,12 +462,16 @@ class StoreRunner:
         self._maybe_rotate(slot)
         return True
 
-    def _open(self, slot: _Slot, schema: pa.Schema | None) -> Writer:
+    def _open(self, slot: _Slot, schema: pa.Schema | None) -> TableWriter | EnvelopeWriter:
         if slot.writer is None:
             candidate = str(slot.dest.path) if slot.dest.path else ""
             if candidate in self._written_paths:
                 slot.dest.overwrite = False  # another slot of this process wrote it since
-            slot.writer = self.backend.open(slot.dest, schema)
+            if isinstance(self.backend, EnvelopeBackend):
+                slot.writer = self.backend.open(slot.dest)
+            else:
+                assert isinstance(self.backend, TableBackend) and schema is not None
+                slot.writer = self.backend.open(slot.dest, schema)
             where = str(slot.dest.path or slot.dest.name)
             self._written_paths.update(p for p in (candidate, where) if p)
             self.files_opened += 1
@@ -436,7 +495,7 @@ class StoreRunner:
         self.rows_by_source[slot.source] = self.rows_by_source.get(slot.source, 0) + rows
 
     def _write_envelopes(self, slot: _Slot) -> None:
-        writer = self._open(slot, None)
+        writer = cast("EnvelopeWriter", self._open(slot, None))  # no isinstance: hot path
         writer.write_envelopes(slot.buffer)
         writer.flush()
         self._written(slot, slot.rows, slot.nbytes)
@@ -444,7 +503,7 @@ class StoreRunner:
         slot.rows = slot.nbytes = 0
 
     def _write_tables(self, slot: _Slot) -> None:
-        """Write runs of same-schema tables; a schema change goes through `Writer.accepts`."""
+        """Write runs of same-schema tables; a schema change goes through `accepts`."""
         import pyarrow as pa
 
         while slot.buffer:
@@ -463,13 +522,14 @@ class StoreRunner:
                     _describe(slot.schema),
                     _describe(schema),
                 )
-                if slot.writer is not None and not slot.writer.accepts(schema):
+                writer = cast("TableWriter | None", slot.writer)
+                if writer is not None and not writer.accepts(schema):
                     self._close(slot)  # the writer asks for a new file: never append to one
                     slot.dest = self._destination(
                         slot.source, slot.run, slot.dest.tag, slot.settings, append=False
                     )
             try:
-                writer = self._open(slot, schema)
+                writer = cast("TableWriter", self._open(slot, schema))
                 table = pa.Table.from_batches(
                     [b for t in group for b in t.to_batches()], schema=schema
                 )
@@ -509,11 +569,21 @@ class StoreRunner:
             or (limit and slot.writer.size() >= limit)
             or (dated and date_string(now) != date_string(slot.dest.opened_at))
         ):
-            self.rotations += 1
-            self._close(slot)
-            slot.dest = self._destination(
-                slot.source, slot.run, slot.dest.tag, settings, append=False
-            )
+            self._rotate(slot, now)
+
+    def _rotate(self, slot: _Slot, now: float) -> None:
+        """Close the slot's file and open the next one, for every slot that writes it."""
+        self.rotations += 1
+        path = slot.dest.path
+        sharing = [
+            s
+            for s in self._all_slots()
+            if s is slot or (s.writer is not None and s.dest.path == path)
+        ]
+        for s in sharing:
+            self._close(s)
+        for s in sharing:
+            s.dest = self._destination(s.source, s.run, s.dest.tag, s.settings, new_file_at=now)
 
     def _close(self, slot: _Slot, *, quiet: bool = False) -> None:
         if slot.writer is not None:
