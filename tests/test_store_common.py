@@ -61,9 +61,9 @@ def test_rotation_by_size_names_sort_in_time_order(
     )  # fmt: skip
     files = sorted(p for p in tmp_path.glob(f"rot_*{EXT[backend]}"))
     assert len(files) >= 3
-    for p in files:  # rot_<UTC opening time>Z[_partNNN].ext
-        stamp = p.name[len("rot_") :].split("Z")[0]
-        assert time.strptime(stamp, "%Y%m%dT%H%M%S")
+    for p in files:  # rot_<local opening time with its UTC offset>[_partNNN].ext
+        stamp = p.name[len("rot_") :].split("_part")[0].removesuffix(EXT[backend])
+        assert time.strptime(stamp, "%Y%m%dT%H%M%S%z")
     # sorted by name = in time order: together they hold every row, in order, once
     got = np.concatenate([read_i64(backend, p, "rot") for p in files])
     np.testing.assert_array_equal(got, expected_columns(0, 3000)["i64"])

@@ -311,15 +311,22 @@ def test_split_name_keeps_compressed_extensions() -> None:
     assert split_name("noext") == ("noext", "")
 
 
-def test_file_path_placeholders_date_tag_and_compression() -> None:
-    now = 1_764_000_000.0  # 2025-11-24T16:00:00Z
+def test_file_path_placeholders_date_tag_and_compression(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names carry local time (docs/operations.md, Times), with the offset in a stamp."""
+    import time as _time
+
+    monkeypatch.setenv("TZ", "XYZ-1")  # UTC+01:00 (POSIX counts west of Greenwich)
+    _time.tzset()
+    now = 1_764_025_200.0  # 2025-11-24T23:00:00Z: already the 25th in UTC+01:00
     p = file_path("{source}_{run}.csv", source="s1", extension=".csv", run=42, now=now)
     assert p == Path("s1_000042.csv")
     p = file_path("sensor.csv", source="s", extension=".csv.zst", add_date=True, tag="cal", now=now)
-    assert p == Path("sensor_cal_2025-11-24.csv.zst")
+    assert p == Path("sensor_cal_2025-11-25.csv.zst")
     p = file_path("", source="s", extension=".h5", rotating=True, out_dir="/d", now=now)
-    assert p == Path("/d/s_20251124T160000Z.h5")
+    assert p == Path("/d/s_20251125T000000+0100.h5")
     assert file_path("x.txt", source="s", extension=".csv", now=now) == Path("x.txt")
+    monkeypatch.undo()
+    _time.tzset()
 
 
 def test_parts_sort_after_the_file_they_follow(tmp_path: Path) -> None:

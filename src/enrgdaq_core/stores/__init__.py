@@ -34,6 +34,7 @@ def process_names() -> list[str]:
 
 
 def spec(name: str) -> BackendSpec:
+    """The registry row of backend `name` (LookupError naming the known ones)."""
     try:
         return _SPECS[name]
     except KeyError:
@@ -56,6 +57,7 @@ def process_refusal(name: str) -> str | None:
 
 
 def backend_class(name: str) -> type[Backend]:
+    """The backend class of `name`, imported only now (pyarrow, uproot and h5py load late)."""
     module, _, attr = spec(name).backend.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from enrgdaq_core.store_config import MemoryStoreConfig
-from enrgdaq_core.stores.base import Backend, Destination, StoreOptions, Writer
+from enrgdaq_core.stores.base import Destination, StoreOptions, TableBackend, TableWriter
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryBackend", "collect"]
 
 
-class _MemoryWriter(Writer):
+class _MemoryWriter(TableWriter):
     """One destination of one source: the tables written to it, in order."""
 
     def __init__(self, backend: MemoryBackend, dest: Destination, schema: pa.Schema | None):
@@ -67,7 +67,7 @@ class _MemoryWriter(Writer):
         return self.schema is None or self.schema.equals(schema)
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(TableBackend):
     """Keeps every table it is given, per source, until `clear()`; safe to read from another
     thread while a runner writes."""
 
@@ -81,7 +81,7 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
         self._writers: dict[str, list[_MemoryWriter]] = {}
 
-    def open(self, dest: Destination, schema: pa.Schema | None) -> Writer:
+    def open(self, dest: Destination, schema: pa.Schema | None) -> TableWriter:
         writer = _MemoryWriter(self, dest, schema)
         with self._lock:
             self._writers.setdefault(dest.source, []).append(writer)

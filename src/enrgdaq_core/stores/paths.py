@@ -16,6 +16,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from enrgdaq_core import timefmt
+
+__all__ = [
+    "COMPRESSED",
+    "CannotAppend",
+    "date_string",
+    "file_path",
+    "glob_escape",
+    "latest_part",
+    "next_part",
+    "open_series",
+    "parse_period",
+    "part_path",
+    "parts",
+    "split_name",
+]
+
 COMPRESSED = (".zst", ".gz", ".bz2", ".xz", ".lz4")
 """Suffixes that wrap another format: `x.csv.zst` keeps `.csv.zst` as its extension."""
 
@@ -76,13 +93,8 @@ def _with_extension(name: str, extension: str) -> str:
 
 
 def date_string(now: float) -> str:
-    """The date `add_date` puts in names (UTC)."""
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
-
-
-def rotation_stamp(now: float) -> str:
-    """The opening time a rotating store puts in names: `20261125T143000Z` (UTC)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    """The date `add_date` and `{date}` put in names: local (docs/operations.md, Times)."""
+    return timefmt.date(int(now * 1e9))
 
 
 def file_path(
@@ -114,7 +126,7 @@ def file_path(
     if add_date and "{date}" not in template:
         stem = f"{stem}_{fields['date']}"
     if rotating:
-        stem = f"{stem}_{rotation_stamp(now)}"
+        stem = f"{stem}_{timefmt.name_stamp(int(now * 1e9))}"
     path = path.with_name(stem + ext)
     if out_dir and not path.is_absolute():
         path = Path(out_dir) / path
@@ -161,6 +173,7 @@ def next_part(path: Path) -> Path:
 
 
 def glob_escape(text: str) -> str:
+    """`text` as a literal in a glob pattern (a source name may contain `*`, `?` or `[`)."""
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 

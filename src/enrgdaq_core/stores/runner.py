@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.channels import EndOfInput, Input
 from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Kind, Source
 from enrgdaq_core.signals import StopFlag
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger("enrgdaq.store")
+
+__all__ = ["StoreResult", "StoreRunner"]
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 10.0
@@ -71,7 +74,7 @@ class _Slot:
     nbytes: int = 0
     since: float = 0.0  # monotonic time of the oldest buffered row
     retry_at: float = 0.0
-    backoff: float = RETRY_FIRST
+    retry: Backoff = field(default_factory=lambda: Backoff(RETRY_FIRST, RETRY_MAX))
     last: tuple[int, int] | None = None  # (epoch, seq) of the newest buffered message
 
 
@@ -115,6 +118,21 @@ class _Throttle:
 
 
 class StoreRunner:
+    """Feeds one backend from an input: the store loop every backend shares.
+
+    Routes each message by its header's `[store_config.<backend>]` settings (or `destination`
+    and `settings_override`, the `daq store` flags), batches rows per source, flushes by rows,
+    bytes or age, rotates, opens new destinations on schema changes, retries a failing
+    backend without dropping rows (backpressure past `max_pending_*`), checks sequence
+    numbers and sends a stats heartbeat.
+
+    Parameters: `backend` (a TableBackend or an EnvelopeBackend), `name` (the piece name in
+    stats), `telemetry` (where heartbeats go; None sends none), `stats_interval` (seconds),
+    `require_target` (count and skip messages whose header does not name this backend),
+    `state_file` (the last written sequence number per source, so a restarted store counts
+    exactly what it missed). `run(input, stop)` drives it; `handle(env)` feeds one message.
+    """
+
     def __init__(
         self,
         backend: Backend,
@@ -439,17 +457,17 @@ class StoreRunner:
                     slot.dest = self._destination(
                         slot.source, slot.run, slot.dest.tag, slot.settings, append=False
                     )
-            slot.retry_at = now + slot.backoff
+            delay = slot.retry.next_delay()
+            slot.retry_at = now + delay
             log.warning(
                 "%s: write of %d rows failed (%s); keeping them, retry in %.1fs",
                 self.backend.name,
                 slot.rows,
                 exc,
-                slot.backoff,
+                delay,
             )
-            slot.backoff = min(slot.backoff * 2, RETRY_MAX)
             return False
-        slot.backoff = RETRY_FIRST
+        slot.retry.reset()
         slot.retry_at = 0.0
         if (
             not slot.buffer
@@ -704,7 +722,7 @@ class StoreRunner:
             pending = [s for s in self._all_slots() if s.buffer]
             if not pending or time.monotonic() >= deadline:
                 break
-            time.sleep(min(1.0, max(s.backoff for s in pending)))
+            time.sleep(min(1.0, max(s.retry.current for s in pending)))
         failed = sum(s.rows for s in self._all_slots())
         if failed:
             log.error(
