@@ -15,8 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from conftest import Procs
+from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Envelope, Source
 from enrgdaq_core.stream import StreamReader, StreamWriter
+from enrgdaq_core.transport import BrokerAddress
 
 SAMPLES = 8
 T0_NS = 1_764_000_000_123_456_789  # 2025-11-24T16:00:00.123456789Z
@@ -118,6 +120,23 @@ def run_store(procs: Procs, backend: str, stream: Path, *args: str) -> subproces
     p = procs.run("store", backend, "-i", str(stream), *args, timeout=60)
     assert p.returncode == 0, p.stderr.decode()
     return p
+
+
+def broker_store(
+    procs: Procs, broker: BrokerAddress, backend: str, sources: Sequence[str], *args: str
+) -> subprocess.Popen:
+    """A real `daq store BACKEND` on the broker for `sources` (exact names), exiting once each
+    has sent end-of-stream, also when one ends before the next starts."""
+    topics = [a for s in sources for a in ("--from", f"data.{s}")]
+    return procs.start("store", backend, "--broker", broker.base, *topics, *args, "--exit-on-eos")
+
+
+def subscribers(broker: BrokerAddress, topic: str) -> int:
+    """How many lossless consumers the broker sees on `topic` (`data.x$` is exactly data.x)."""
+    try:
+        return int(query(broker, "subscriptions", timeout=1.0)["subscribers"].get(topic, 0))
+    except TimeoutError:
+        return 0
 
 
 def feed(pipe: BinaryIO, data: bytes) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from _store_data import broker_store, subscribers
 from conftest import DAQ, Procs, wait_for, write
-from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Envelope, Header, Kind
 from enrgdaq_core.runfile import RunFileWriter, index_path, open_part, run_meta
 from enrgdaq_core.stream import StreamReader
@@ -63,22 +63,8 @@ file_path = "{source}.root"
 BACKENDS = ("csv", "hdf5", "root")
 
 
-def _subscribed(addr: BrokerAddress, topics: set[str]) -> bool:
-    try:
-        return topics <= set(query(addr, "subscriptions", timeout=1.0)["subscriptions"])
-    except TimeoutError:
-        return False
-
-
 def stream_of(data: bytes) -> list[Envelope]:
     return [r.envelope for r in StreamReader(io.BytesIO(data))]
-
-
-def _subscribers(addr: BrokerAddress, topic: str) -> int:
-    try:
-        return int(query(addr, "status", timeout=1.0)["subscribers"].get(topic, 0))
-    except TimeoutError:
-        return 0
 
 
 @pytest.fixture
@@ -87,41 +73,11 @@ def recorded_run(procs: Procs, broker: BrokerAddress, tmp_path: Path) -> Path:
     and a ROOT store, and recorded by `daq store raw` (run000007.raw), all side by side."""
     # exact names: with --exit-on-eos a store waits for both sources, also when one of them
     # ends before the other starts (as happens on a loaded machine)
-    live = [
-        procs.start(
-            "store",
-            backend,
-            "--broker",
-            broker.base,
-            "--from",
-            "data.sensor1",
-            "--from",
-            "data.digi1",
-            "--out-dir",
-            "live",
-            "--exit-on-eos",
-        )
-        for backend in BACKENDS
-    ]
-    raw = procs.start(
-        "store",
-        "raw",
-        "--broker",
-        broker.base,
-        "--from",
-        "data.sensor1",
-        "--from",
-        "data.digi1",
-        "-o",
-        "run{run}.raw",
-        "--exit-on-eos",
-    )
+    sources = ["sensor1", "digi1"]
+    live = [broker_store(procs, broker, b, sources, "--out-dir", "live") for b in BACKENDS]
+    raw = broker_store(procs, broker, "raw", sources, "-o", "run{run}.raw")
     wait_for(
-        lambda: (
-            _subscribed(broker, {"data.sensor1$", "data.digi1$"})
-            and _subscribers(broker, "data.sensor1$") >= len(BACKENDS) + 1  # and the raw store
-            and _subscribers(broker, "data.digi1$") >= len(BACKENDS) + 1
-        ),
+        lambda: all(subscribers(broker, f"data.{s}$") >= len(BACKENDS) + 1 for s in sources),
         30,
         what="every store subscribed",
     )

@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from _store_data import envelopes, sample_table, source, stream_bytes, write_stream
+from _store_data import (
+    broker_store,
+    envelopes,
+    sample_table,
+    source,
+    stream_bytes,
+    subscribers,
+    write_stream,
+)
 from conftest import Procs, wait_for, write
-from enrgdaq_core.broker_client import query
 from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.runfile import open_part
 from enrgdaq_core.stream import StreamError, StreamReader
@@ -89,30 +96,15 @@ def test_pipe_run_file_header_snapshot_and_index(procs: Procs, tmp_path: Path) -
     assert part.index.end_record == 61 and part.index.end_offset == path.stat().st_size
 
 
-def _subscribed(addr: BrokerAddress, topics: set[str]) -> bool:
-    try:
-        return topics <= set(query(addr, "subscriptions", timeout=1.0)["subscriptions"])
-    except TimeoutError:
-        return False
-
-
 def test_two_sources_share_one_file_in_arrival_order(
     procs: Procs, broker: BrokerAddress, tmp_path: Path
 ) -> None:
-    store = procs.start(
-        "store",
-        "raw",
-        "--broker",
-        broker.base,
-        "--from",
-        "data.sensor1",
-        "--from",
-        "data.digi1",
-        "-o",
-        "all.raw",
-        "--exit-on-eos",
+    store = broker_store(procs, broker, "raw", ["sensor1", "digi1"], "-o", "all.raw")
+    wait_for(
+        lambda: subscribers(broker, "data.sensor1$") and subscribers(broker, "data.digi1$"),
+        15,
+        what="store",
     )
-    wait_for(lambda: _subscribed(broker, {"data.sensor1$", "data.digi1$"}), 15, what="store")
     s = write(tmp_path / "sensor.toml", SENSOR)
     d = write(tmp_path / "digi.toml", DIGI)
     j1 = procs.start(
@@ -306,20 +298,12 @@ def test_a_run_file_outlives_its_first_source(
     before digi1 starts) stay one run file, run000007.raw, with every record of both."""
     from enrgdaq_core.replay import Replay, Selection
 
-    store = procs.start(
-        "store",
-        "raw",
-        "--broker",
-        broker.base,
-        "--from",
-        "data.sensor1",
-        "--from",
-        "data.digi1",
-        "-o",
-        "run{run}.raw",
-        "--exit-on-eos",
+    store = broker_store(procs, broker, "raw", ["sensor1", "digi1"], "-o", "run{run}.raw")
+    wait_for(
+        lambda: subscribers(broker, "data.sensor1$") and subscribers(broker, "data.digi1$"),
+        15,
+        what="store",
     )
-    wait_for(lambda: _subscribed(broker, {"data.sensor1$", "data.digi1$"}), 15, what="store")
     common = ("-o", "broker", "--broker", broker.base, "--run", "7")
     s = write(tmp_path / "sensor.toml", SENSOR)
     d = write(tmp_path / "digi.toml", DIGI)
