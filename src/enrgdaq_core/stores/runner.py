@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from enrgdaq_core.atomic import atomic_write
 from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.channels import EndOfInput, Input
 from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Kind, Source
@@ -226,11 +226,8 @@ class StoreRunner:
         if known is not None and (known[0] > epoch or (known[0] == epoch and known[1] >= seq)):
             return  # marks only move forward (epochs are the sources' start times)
         self._marks[source] = [epoch, seq]
-        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
         try:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"written": self._marks}))
-            os.replace(tmp, self._state_file)
+            atomic_write(self._state_file, json.dumps({"written": self._marks}))
         except OSError as exc:
             self._warn("state", "%s: cannot write %s: %s", self.name, self._state_file, exc)
 
