@@ -69,6 +69,14 @@ def test_docs_list_every_backend() -> None:
     assert re.findall(r"`(\w+)`", sentence.group(1)) == store_names()
     title = (ROOT / "docs" / "stores.md").read_text().splitlines()[0]
     assert title == f"# Stores: `daq store {' | '.join(process_names())}`"
+    arch = (ROOT / "docs" / "architecture.md").read_text()
+    assert f"one store ({', '.join(process_names())})" in arch
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    seeds = [t.removeprefix("DAQJobStore") for t in SEED_STORE_TYPES]
+    listed = f'`daq_job_type = "DAQJobStore{seeds[0]}"` (or ' + ", ".join(
+        f"`{t}`" for t in seeds[1:]
+    )
+    assert listed in ops
 
 
 def test_store_config_is_the_struct_of_the_table() -> None:
