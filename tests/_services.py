@@ -1,4 +1,5 @@
-"""MariaDB and Redis for the store tests: connect or skip (with how to start them), restart.
+"""MariaDB and Redis for the store tests: connect or skip (with how to start them);
+private servers of our own for the fault tests (never stop the machine's).
 
 With DAQ_REQUIRE_SERVICES=1 (CI) a missing service fails the test instead of skipping it.
 Each test gets unique table / key names and drops them afterwards, since other test runs may
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +72,12 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
 # -- MariaDB -------------------------------------------------------------------------------
 
 
-def mysql_connect() -> Any:
+def mysql_connect(port: int | None = None) -> Any:
+    """The machine's server, or a private one on `port`."""
     import pymysql
 
-    return pymysql.connect(**MYSQL, autocommit=True, connect_timeout=3, charset="utf8mb4")
+    params = MYSQL if port is None else {**MYSQL, "port": port}
+    return pymysql.connect(**params, autocommit=True, connect_timeout=3, charset="utf8mb4")
 
 
 def mysql_or_skip() -> Any:
@@ -116,9 +121,9 @@ def query(conn: Any, sql: str, args: Any = None) -> list[tuple]:
         return list(cur.fetchall())
 
 
-def table_count(table: str) -> int:
+def table_count(table: str, port: int | None = None) -> int:
     try:
-        conn = mysql_connect()
+        conn = mysql_connect(port)
     except Exception:  # noqa: BLE001 - server restarting
         return -1
     try:
@@ -129,67 +134,147 @@ def table_count(table: str) -> int:
         conn.close()
 
 
-def _mariadbd_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def mariadb_stop(timeout: float = 30.0) -> None:
-    pids = _mariadbd_pids()
-    subprocess.run(
-        ["mariadb-admin", "-h", "127.0.0.1", "-uroot", "--connect-timeout=5", "shutdown"],
-        capture_output=True,
-        timeout=timeout,
+def _binary(name: str, *dirs: str) -> str:
+    """The path of a server binary, or fail/skip the test (like a missing service)."""
+    found = shutil.which(name) or next(
+        (str(Path(d) / name) for d in dirs if (Path(d) / name).is_file()), None
     )
-    wait_until(
-        lambda: not port_open("127.0.0.1", 3306) and not set(pids) & set(_mariadbd_pids()),
-        timeout,
-        "MariaDB to stop",
-    )
+    if found is None:
+        unavailable(f"`{name}` is not installed: the fault tests run a private {name}.")
+    return str(found)
 
 
-def mariadb_start(timeout: float = 60.0) -> None:
-    if not port_open("127.0.0.1", 3306):
-        subprocess.run(
+class _PrivateServer:
+    """A server process of our own in a temp dir, so fault tests never touch the machine's."""
+
+    what = "server"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="daq-svc-"))
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start (again) on the same dir and port; wait until it accepts connections."""
+        log = (self.dir / "server.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        log.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = (self.dir / "server.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"private {self.what} exited at start:\n{tail}", pytrace=False)
+            return self.ready()
+
+        wait_until(up, timeout, f"private {self.what} on 127.0.0.1:{self.port}", interval=0.1)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a clean shutdown that keeps the data) and wait for the exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout)
+        self.proc = None
+
+    def close(self) -> None:
+        """Kill whatever still runs and remove the temp dir."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivateMariaDB(_PrivateServer):
+    """`mariadbd` on a free port: root with empty password over tcp, database `test`."""
+
+    what = "mariadbd"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mariadbd = _binary("mariadbd", "/usr/sbin")
+        self.data = self.dir / "data"
+        install = subprocess.run(
             [
-                "start-stop-daemon",
-                "--start",
-                "--oknodo",
-                "--background",
-                "--exec",
-                "/usr/sbin/mariadbd",
+                _binary("mariadb-install-db", "/usr/bin"),
+                "--no-defaults",
+                f"--datadir={self.data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
             ],
             capture_output=True,
-            timeout=30,
+            text=True,
+            timeout=120,
         )
+        if install.returncode != 0:
+            pytest.fail(f"mariadb-install-db failed:\n{install.stderr[-2000:]}", pytrace=False)
 
-    def up() -> bool:
+    def command(self) -> list[str]:
+        return [
+            self.mariadbd,
+            "--no-defaults",
+            f"--datadir={self.data}",
+            f"--socket={self.dir / 'sock'}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={self.dir / 'pid'}",
+            "--user=root",
+            "--skip-log-bin",
+        ]
+
+    def ready(self) -> bool:
+        import pymysql
+
         try:
-            mysql_connect().close()
-            return True
-        except Exception:  # noqa: BLE001
+            conn = pymysql.connect(
+                unix_socket=str(self.dir / "sock"), user="root", password="", connect_timeout=2
+            )
+        except Exception:  # noqa: BLE001 - not up yet
             return False
+        with conn.cursor() as cur:  # tcp from 127.0.0.1 as root, empty password
+            cur.execute("CREATE DATABASE IF NOT EXISTS test")
+            cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''")
+            cur.execute("GRANT ALL ON *.* TO 'root'@'127.0.0.1'")
+        conn.close()
+        return True
 
-    wait_until(up, timeout, "MariaDB to accept connections", interval=0.2)
+    def options(self) -> list[str]:
+        """The `daq store mysql` options that point it here."""
+        return ["-O", "host=127.0.0.1", "-O", f"port={self.port}"]
 
 
 @contextlib.contextmanager
-def mariadb_down() -> Iterator[None]:
-    """MariaDB stopped inside the block; always started again, even when the test fails."""
+def private_mariadb() -> Iterator[PrivateMariaDB]:
+    """A started private MariaDB; always killed and its temp dir removed afterwards."""
+    server = PrivateMariaDB()
     try:
-        mariadb_stop()
-        yield
+        server.start()
+        yield server
     finally:
-        mariadb_start()
+        server.close()
 
 
 # -- Redis ---------------------------------------------------------------------------------
 
 
-def redis_connect() -> Any:
+def redis_connect(port: int | None = None) -> Any:
+    """The machine's server, or a private one on `port`."""
     import redis
 
-    return redis.Redis(**REDIS, socket_connect_timeout=3, socket_timeout=10)
+    params = REDIS if port is None else {**REDIS, "port": port}
+    return redis.Redis(**params, socket_connect_timeout=3, socket_timeout=10)
 
 
 def redis_or_skip() -> Any:
@@ -224,55 +309,60 @@ def redis_key(redis_client: Any) -> Iterator[str]:
         pass
 
 
+class PrivateRedis(_PrivateServer):
+    """`redis-server` on a free port; a stop saves its dump, a start loads it again."""
+
+    what = "redis-server"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.binary = _binary("redis-server", "/usr/bin")
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--dbfilename",
+            "dump.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            return bool(redis_connect(self.port).ping())
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SHUTDOWN SAVE, so the next start has every key written before."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):  # the connection drops as it exits
+                redis_connect(self.port).shutdown(save=True)
+            self.proc.wait(timeout)
+        self.proc = None
+
+    def options(self) -> list[str]:
+        """The `daq store redis` options that point it here."""
+        return ["-O", "host=127.0.0.1", "-O", f"port={self.port}"]
+
+
 @contextlib.contextmanager
-def redis_down() -> Iterator[None]:
-    """Redis stopped inside the block, then started again with its data (SHUTDOWN SAVE).
-
-    The server comes back from the dump it wrote, so keys of other tests survive; the dump
-    file is removed once loaded. Always restarted, even when the test fails.
-    """
-    client = redis_connect()
-    conf = client.config_get("dir")
-    conf.update(client.config_get("dbfilename"))
-    directory, dbfile = conf.get("dir", "/tmp"), conf.get("dbfilename", "dump.rdb")
-    dump = Path(directory) / dbfile
+def private_redis() -> Iterator[PrivateRedis]:
+    """A started private Redis; always killed and its temp dir removed afterwards."""
+    server = PrivateRedis()
     try:
-        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "save"], capture_output=True)
-        wait_until(lambda: not port_open("127.0.0.1", 6379), 30, "Redis to stop")
-        yield
+        server.start()
+        yield server
     finally:
-        if not port_open("127.0.0.1", 6379):
-            subprocess.run(
-                [
-                    "redis-server",
-                    "--daemonize",
-                    "yes",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    "6379",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    directory,
-                    "--dbfilename",
-                    dbfile,
-                ],
-                capture_output=True,
-                timeout=30,
-            )
-
-        def up() -> bool:
-            try:
-                return bool(redis_connect().ping())
-            except Exception:  # noqa: BLE001
-                return False
-
-        wait_until(up, 30, "Redis to accept connections")
-        with contextlib.suppress(OSError):
-            dump.unlink()  # loaded: a later plain restart must not bring back old data
+        server.close()
 
 
 # -- feeding stores -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import decimal
 import json
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ import pyarrow as pa
 import pytest
 
 from _services import (
+    PrivateMariaDB,
     StatsWatch,
     down_at_start,
-    mariadb_down,
     mysql,  # noqa: F401 - fixture
     mysql_connect,
     mysql_table,  # noqa: F401 - fixture
+    private_mariadb,
     publisher,
     query,
     start_store,
@@ -229,16 +231,23 @@ def test_from_broker_with_stats(procs: Procs, broker: BrokerAddress, mysql: Any,
     assert got == sent
 
 
+@pytest.fixture
+def mariadb() -> Iterator[PrivateMariaDB]:
+    """A private MariaDB for a test that stops and starts it."""
+    with private_mariadb() as server:
+        yield server
+
+
 def test_server_restart_mid_run_loses_nothing(
-    procs: Procs, broker: BrokerAddress, mysql: Any, mysql_table: str
+    procs: Procs, broker: BrokerAddress, mariadb: PrivateMariaDB, mysql_table: str
 ):
     """MariaDB stops mid-run: rows are kept and retried (stats show it), the store
     reconnects, and every row is in the table exactly once. Source `a` ends while the
     server is down (its last rows wait in the store); source `b` goes on after the restart.
+    A private server of the test's own, so the machine's MariaDB is never stopped.
     """
     from enrgdaq_core.transport import Publisher
 
-    mysql.close()
     store = start_store(
         procs,
         "mysql",
@@ -248,6 +257,7 @@ def test_server_restart_mid_run_loses_nothing(
         "0.1",
         "--name",
         "store-mysql-rst",
+        *mariadb.options(),
     )
     stats = StatsWatch(broker, "store-mysql-rst")
     settings = {"mysql": {"table_name": mysql_table}}
@@ -263,16 +273,17 @@ def test_server_restart_mid_run_loses_nothing(
         pub = publisher(broker, ["rsta", "rstb"])
         send(pub, a, range(0, 40))
         send(pub, b, range(1000, 1020))
-        wait_until(lambda: table_count(mysql_table) == 60, 30, "first rows in MySQL")
-        with mariadb_down():
-            send(pub, a, range(40, 80))  # kept by the store while the server is down
-            send(pub, b, range(1020, 1040))
-            pub.send(a.end_of_stream())  # `a` ends with rows still waiting
-            stats.wait(
-                lambda x: not x.get("connected") and x.get("retries", 0) >= 1,
-                30,
-                "the store to see the server gone and retry",
-            )
+        wait_until(lambda: table_count(mysql_table, mariadb.port) == 60, 30, "first rows in MySQL")
+        mariadb.stop()
+        send(pub, a, range(40, 80))  # kept by the store while the server is down
+        send(pub, b, range(1020, 1040))
+        pub.send(a.end_of_stream())  # `a` ends with rows still waiting
+        stats.wait(
+            lambda x: not x.get("connected") and x.get("retries", 0) >= 1,
+            30,
+            "the store to see the server gone and retry",
+        )
+        mariadb.start()
         send(pub, b, range(1040, 1070))  # after the restart
         pub.send(b.end_of_stream())
         pub.close()
@@ -280,7 +291,7 @@ def test_server_restart_mid_run_loses_nothing(
         report = stats.poll(1.0)
     finally:
         stats.close()
-    conn = mysql_connect()
+    conn = mysql_connect(mariadb.port)
     got = query(conn, f"SELECT k, v FROM `{mysql_table}` ORDER BY k")
     conn.close()
     assert got == [(k, k / 8) for k in sorted(sent)]  # none lost, none twice

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ import pyarrow as pa
 import pytest
 
 from _services import (
+    PrivateRedis,
     StatsWatch,
     down_at_start,
+    private_redis,
     publisher,
     redis_client,  # noqa: F401 - fixture
     redis_connect,
-    redis_down,
     redis_key,  # noqa: F401 - fixture
     start_store,
     store_stdin,
@@ -198,17 +200,32 @@ def test_from_broker(procs: Procs, broker: BrokerAddress, redis_client: Any, red
     ]
 
 
+@pytest.fixture
+def redis_server() -> Iterator[PrivateRedis]:
+    """A private Redis for a test that stops and starts it."""
+    with private_redis() as server:
+        yield server
+
+
 def test_server_restart_mid_run_loses_nothing(
-    procs: Procs, broker: BrokerAddress, redis_client: Any, redis_key
+    procs: Procs, broker: BrokerAddress, redis_server: PrivateRedis, redis_key
 ):
     """Redis stops mid-run: rows are kept and retried (visible in stats), written after the
     reconnect, none lost and none twice (the server keeps its data over the restart).
-    Source `a` ends while Redis is down; source `b` goes on after the restart."""
+    Source `a` ends while Redis is down; source `b` goes on after the restart.
+    A private server of the test's own, so the machine's Redis is never stopped."""
     from enrgdaq_core.transport import Publisher
 
-    redis_client.close()
     store = start_store(
-        procs, "redis", broker, ["rra", "rrb"], "--flush-seconds", "0.1", "--name", "store-redis-rr"
+        procs,
+        "redis",
+        broker,
+        ["rra", "rrb"],
+        "--flush-seconds",
+        "0.1",
+        "--name",
+        "store-redis-rr",
+        *redis_server.options(),
     )
     stats = StatsWatch(broker, "store-redis-rr")
     a = Source("rra", store={"redis": {"key": redis_key + "a"}})
@@ -221,7 +238,7 @@ def test_server_restart_mid_run_loses_nothing(
 
     def count() -> int:
         try:
-            client = redis_connect()
+            client = redis_connect(redis_server.port)
             return client.llen(f"{redis_key}a.k") + client.xlen(f"{redis_key}b")
         except Exception:  # noqa: BLE001 - restarting
             return -1
@@ -231,22 +248,23 @@ def test_server_restart_mid_run_loses_nothing(
         send(pub, a, range(0, 40))
         send(pub, b, range(0, 20))
         wait_until(lambda: count() == 60, 30, "first rows in Redis")
-        with redis_down():
-            send(pub, a, range(40, 80))
-            send(pub, b, range(20, 40))
-            pub.send(a.end_of_stream())
-            stats.wait(
-                lambda x: not x.get("connected") and x.get("retries", 0) >= 1,
-                30,
-                "the store to see Redis gone and retry",
-            )
+        redis_server.stop()
+        send(pub, a, range(40, 80))
+        send(pub, b, range(20, 40))
+        pub.send(a.end_of_stream())
+        stats.wait(
+            lambda x: not x.get("connected") and x.get("retries", 0) >= 1,
+            30,
+            "the store to see Redis gone and retry",
+        )
+        redis_server.start()
         send(pub, b, range(40, 70))
         pub.send(b.end_of_stream())
         pub.close()
         assert store.wait(60) == 0, store.stderr.read().decode()
     finally:
         stats.close()
-    client = redis_connect()
+    client = redis_connect(redis_server.port)
     assert [int(v) for v in client.lrange(f"{redis_key}a.k", 0, -1)] == list(range(80))
     entries = client.xrange(f"{redis_key}b")
     assert [(e, int(f[b"k"])) for e, f in entries] == [
