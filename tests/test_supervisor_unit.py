@@ -80,7 +80,7 @@ def test_plan_of_a_directory(tmp_path: Path, env: dict[str, str]) -> None:
     ]
     csv_store = plan.child("store-csv")
     assert csv_store is not None
-    args = csv_store.argv[3:]
+    args = csv_store.daq_args
     assert args[:4] == ["store", "csv", "--name", "store-csv"]
     assert args[args.index("--broker") + 1] == plan.address.base
     froms = [args[i + 1] for i, a in enumerate(args) if a == "--from"]
@@ -94,7 +94,7 @@ def test_plan_of_a_directory(tmp_path: Path, env: dict[str, str]) -> None:
     assert raw_store.snapshot and not csv_store.snapshot  # the raw store embeds the configs
     sensor = plan.child("sensor1")
     assert sensor is not None
-    assert sensor.argv[3:6] == ["job", "run", str((d / "sensor.toml").resolve())]
+    assert sensor.daq_args[:3] == ["job", "run", str((d / "sensor.toml").resolve())]
     assert sensor.stores == ("store-csv", "store-raw")
     assert sensor.interval == 0.5 and sensor.restart == "always"
     test = plan.child("test")

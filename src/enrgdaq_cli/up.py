@@ -79,7 +79,7 @@ def _describe_plan(plan: Any) -> None:
     typer.echo(f"  node {plan.node}, broker {plan.address.base}, control {plan.control}")
     typer.echo(f"  out_dir {plan.out_dir}")
     for spec in plan.children:
-        typer.echo(f"  {spec.role:6} {spec.name}: {' '.join(spec.argv[3:])}")
+        typer.echo(f"  {spec.role:6} {spec.name}: {' '.join(spec.daq_args)}")
     for w in plan.warnings:
         typer.echo(f"  warning: {w}")
 

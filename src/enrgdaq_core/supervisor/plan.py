@@ -76,8 +76,14 @@ class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 
 def daq_command() -> list[str]:
-    """How a child `daq` is started: this interpreter, so no PATH lookup is needed."""
-    return [sys.executable, "-m", "enrgdaq_cli.main"]
+    """How a child `daq` is started: this interpreter, so no PATH lookup is needed.
+
+    `-P`: not from the working directory. `python -m` puts the working directory first on
+    `sys.path`, so a `typer.py` lying in the directory `daq up` was started in would run in
+    every child; PYTHONPATH and the user site still apply (a lab's job package is found as
+    before). The one place a child interpreter is named (docs/security.md).
+    """
+    return [sys.executable, "-P", "-m", "enrgdaq_cli.main"]
 
 
 @dataclass
@@ -94,6 +100,11 @@ class ChildSpec:
     stores: tuple[str, ...] = ()  # jobs: the store pieces that take their data
     interval: float = 0.0  # jobs: seconds between steps (a report comes at most that often)
     snapshot: bool = False  # raw store: embed the run's config snapshot (`-O snapshot=DIR`)
+
+    @property
+    def daq_args(self) -> list[str]:
+        """The arguments after `daq` (what a person would type), without the interpreter."""
+        return self.argv[len(daq_command()) :]
 
 
 @dataclass
