@@ -8,6 +8,7 @@ never imported by its children. docs/security.md says what is trusted and what i
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -184,3 +185,69 @@ def test_children_do_not_import_modules_from_the_working_directory(
     finally:
         u.finish()
     assert sorted(p.name for p in marks.iterdir()) == []
+
+
+EVIL_JOB = """
+import os
+
+open(os.environ["EVIL_MARK"], "a").write("imported\\n")
+
+from enrgdaq_core.jobs.base import Job, JobConfig
+
+
+class EvilConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
+    gain: float = 1.0
+
+
+class EvilJob(Job):
+    Config = EvilConfig
+
+    def step(self):
+        return None
+"""
+
+
+def test_check_does_not_import_a_custom_job_module_unless_asked(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """`daq up --check` on a directory someone sent you runs none of its code: a custom job
+    type (`module:Class`) is not imported, only the keys every job has are checked; with
+    `--import-jobs` it is imported and its own keys are checked too."""
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "evil_job.py").write_text(EVIL_JOB)
+    mark = tmp_path / "imported.txt"
+    procs.env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(lab), procs.env.get("PYTHONPATH", "")) if p
+    )
+    procs.env["EVIL_MARK"] = str(mark)
+    job = 'daq_job_type = "evil_job:EvilJob"\nname = "evil"\ninterval_seconds = 0.5\n'
+    d = config_dir(
+        tmp_path, {"evil.toml": job + 'gian = 2.0\n[store_config.csv]\nfile_path = "e.csv"\n'}
+    )
+
+    p = procs.run("up", str(d), "--check")
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode()
+    assert "job    evil: job run " in out and "store  store-csv: store csv " in out
+    assert (
+        f"warning: {d / 'evil.toml'}: job type 'evil_job:EvilJob' not imported, so only the "
+        "keys every job has were checked (--import-jobs imports it, running its code)"
+    ) in out
+    assert not mark.exists()
+
+    # the keys every job has are still checked, without importing
+    (d / "evil.toml").write_text(job.replace("0.5", '"fast"'))
+    p = procs.run("up", str(d), "--check")
+    assert p.returncode == 2 and not mark.exists()
+    assert "interval_seconds" in p.stderr.decode() and "Traceback" not in p.stderr.decode()
+
+    # asked to: imported, and its own keys are checked (the misspelt `gian` is an error)
+    (d / "evil.toml").write_text(job + "gian = 2.0\n")
+    p = procs.run("up", str(d), "--check", "--import-jobs")
+    assert mark.read_text() == "imported\n"
+    assert p.returncode == 2 and "gian" in p.stderr.decode(), p.stderr.decode()
+    (d / "evil.toml").write_text(job + "gain = 2.0\n")
+    p = procs.run("up", str(d), "--check", "--import-jobs")
+    assert p.returncode == 0, p.stderr.decode()
+    assert "not imported" not in p.stdout.decode()

@@ -180,18 +180,21 @@ def load_plan(
     broker: str | None = None,
     out_dir: str | None = None,
     control: str | None = None,
+    import_jobs: bool = True,
 ) -> Plan:
     """Validate everything in `directory`; ConfigError carries every problem of every file.
 
     Three steps: read and classify every file (once), validate all of it (collecting every
-    issue, in file order), then build the process specs.
+    issue, in file order), then build the process specs. `import_jobs=False` (`daq up
+    --check`): a custom job type's module is not imported (its code does not run), only the
+    keys every job has are checked in its file, and the plan warns about it.
     """
     directory = Path(directory)
     files = _toml_files(directory)
     issues: list[ConfigIssue] = []
     sup, sup_file = _read_supervisor(directory, issues)
     address = _broker_address(broker, sup, sup_file or directory, issues)
-    configs = _validate_files(_classify(files), issues)
+    configs = _validate_files(_classify(files), issues, import_jobs=import_jobs)
     if not configs.jobs and not issues:
         issues.append(
             ConfigIssue(str(directory), "", "no source job configs (*.toml) in this directory")
@@ -278,7 +281,9 @@ def _classify(files: list[Path]) -> list[_File]:
 # -- validate ------------------------------------------------------------------------------
 
 
-def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
+def _validate_files(
+    files: list[_File], issues: list[ConfigIssue], *, import_jobs: bool = True
+) -> _Configs:
     """Check each file in order: a store as its process will build it, a job by loading it."""
     from enrgdaq_core.jobs import load_job
 
@@ -291,7 +296,8 @@ def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
             issues.extend(_check_store(f.backend, f.path, data=f.data))
         else:
             try:
-                configs.jobs.append((f.path, load_job(f.path, data=f.data)))
+                job = load_job(f.path, data=f.data, import_custom=import_jobs)
+                configs.jobs.append((f.path, job))
             except ConfigError as exc:
                 issues.extend(exc.issues)
     return configs
@@ -389,11 +395,17 @@ def _build(
 ) -> Plan:
     """The plan of a valid directory: the broker, the stores some source sends to, sources."""
     from enrgdaq_core.envelope import node_name
+    from enrgdaq_core.jobs import UncheckedJob
     from enrgdaq_core.supervisor.control import default_endpoint
 
     out = Path(out_dir or sup.out_dir).expanduser().resolve()
     daq = daq_command()
-    warnings: list[str] = []
+    warnings = [
+        f"{path}: job type {job.config.daq_job_type!r} not imported, so only the keys every "
+        "job has were checked (--import-jobs imports it, running its code)"
+        for path, job in configs.jobs
+        if isinstance(job, UncheckedJob)
+    ]
     broker_spec = ChildSpec(
         "broker", "broker", [*daq, "broker", "--broker", address.base, "--name", "broker"]
     )
