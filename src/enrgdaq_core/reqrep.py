@@ -110,6 +110,13 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """An error as one printable line of bounded length (a field name sent by a client may
+    hold newlines, escapes or 60 KB)."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 _AT = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<field>[^`]*)`$")
 
 
@@ -176,6 +183,10 @@ class Server:
 
     def _parse(self, frames: list[bytes]) -> Request | str:
         """One received message as a valid request, or the one line that says why it is not."""
+        got = self._parse_one(frames)
+        return _one_line(got) if isinstance(got, str) else got
+
+    def _parse_one(self, frames: list[bytes]) -> Request | str:
         if len(frames) != 1:
             return f"bad request: one msgpack frame expected, got {len(frames)} frames"
         data = frames[0]
@@ -229,7 +240,7 @@ class Server:
         except Exception as exc:
             if not isinstance(exc, self.expected):
                 log.exception("%s: %r failed", self.endpoint, cmd)
-            return {"error": str(exc) or type(exc).__name__}
+            return {"error": _one_line(str(exc)) or type(exc).__name__}
 
     def serve_pending(self) -> None:
         """Answer the waiting requests (at most `_BURST`); stop early at one whose reply is
