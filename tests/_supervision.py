@@ -169,7 +169,7 @@ class Up:
             for pid in self.pids:
                 try:
                     proc = psutil.Process(pid)
-                    left.append(f"{pid} {proc.status()} {' '.join(proc.cmdline()[2:6])}")
+                    left.append(f"{pid} {proc.status()} {' '.join(proc.cmdline()[3:7])}")
                 except psutil.NoSuchProcess:
                     pass
             raise AssertionError(f"still running: {left}") from None

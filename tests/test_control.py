@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from enrgdaq_core.reqrep import RemoteError
-from enrgdaq_core.supervisor.control import ControlServer, follow_logs
+from enrgdaq_core.supervisor.control import (
+    ControlServer,
+    LogsRequest,
+    PingRequest,
+    follow_logs,
+)
 
 
 @pytest.fixture
@@ -20,7 +25,7 @@ def log_server(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     chunks = iter([("", 10), ("a\n", 12), ("", 12), ("b\nc\n", 16)])
     seen: list[dict[str, Any]] = []
 
-    def logs(req: dict[str, Any]) -> dict[str, Any]:
+    def logs(req: LogsRequest) -> dict[str, Any]:
         seen.append(req)
         try:
             text, offset = next(chunks)
@@ -28,7 +33,7 @@ def log_server(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
             return {"error": "no piece named 'x'"}
         return {"ok": True, "text": text, "offset": offset}
 
-    server = ControlServer(endpoint, {"logs": logs})
+    server = ControlServer(endpoint, {LogsRequest: logs})
     stop = threading.Event()
     thread = threading.Thread(target=server.serve, args=(stop.is_set, 0.02), daemon=True)
     thread.start()
@@ -47,15 +52,15 @@ def test_follow_logs_yields_new_text_from_the_last_offset(
     naps: list[float] = []
     follow = follow_logs(endpoint, "x", 7, interval=0.25, sleep=naps.append)
     assert [next(follow), next(follow)] == ["a\n", "b\nc\n"]  # empty answers are skipped
-    assert [r["offset"] for r in seen] == [7, 10, 12, 12]
-    assert {r["job"] for r in seen} == {"x"} and naps == [0.25] * 4
+    assert [r.offset for r in seen] == [7, 10, 12, 12]
+    assert {r.job for r in seen} == {"x"} and naps == [0.25] * 4
     with pytest.raises(RemoteError, match="no piece named 'x'"):
         next(follow)
 
 
 def test_a_live_control_socket_is_not_stolen_a_dead_one_is(tmp_path: Path) -> None:
     endpoint = f"ipc://{tmp_path}/s.sup"
-    live = ControlServer(endpoint, {"ping": lambda req: {"ok": True}})
+    live = ControlServer(endpoint, {PingRequest: lambda req: {"ok": True}})
     stop = threading.Event()
     thread = threading.Thread(target=live.serve, args=(stop.is_set, 0.02), daemon=True)
     thread.start()

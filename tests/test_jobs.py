@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 
 from conftest import Procs, write
-from enrgdaq_core.config import convert
+from enrgdaq_core.config import ConfigError, convert
 from enrgdaq_core.envelope import Envelope, Kind, decode_body
-from enrgdaq_core.jobs import load_job, names, resolve
+from enrgdaq_core.jobs import UncheckedJob, is_custom, load_job, names, resolve
 from enrgdaq_core.jobs.base import Job, JobConfig
 from enrgdaq_core.jobs.describe import describe, starter_toml
 from enrgdaq_core.jobs.digitizer import DigitizerJob
@@ -148,6 +148,38 @@ def _fake_entry_points(monkeypatch: pytest.MonkeyPatch, *eps: EntryPoint) -> Non
         return [ep for ep in eps if ep.group == group]
 
     monkeypatch.setattr(registry, "entry_points", entry_points)
+
+
+def test_a_custom_type_is_not_imported_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`daq up --check`: an import path or an entry point names a module that is not the
+    project's; without `import_custom` it is not imported and only the common keys count."""
+    _fake_entry_points(monkeypatch, EntryPoint("cam", "no_such_lab_module:Cam", "enrgdaq.jobs"))
+    assert [is_custom(t) for t in ("sensor", "DAQJobTest", "cam", "lab:Cam", "camera")] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+    for type_name in ("cam", "no_such_lab_module:Cam"):
+        cfg = write(
+            tmp_path / "c.toml",
+            f'daq_job_type = "{type_name}"\nexposure = 3\nrestart = "never"\n'
+            '[store_config.csv]\nfile_path = "c.csv"\n',
+        )
+        job = load_job(cfg, import_custom=False)
+        assert type(job) is UncheckedJob and job.name == "c"
+        assert job.config.restart == "never" and job.config.store_config.backends() == ["csv"]
+        assert "no_such_lab_module" not in sys.modules
+        with pytest.raises(ConfigError, match="cannot import|No module named"):
+            load_job(cfg)  # imported when asked: the module is not there
+        write(cfg, f'daq_job_type = "{type_name}"\nrestart = "sometimes"\n')
+        with pytest.raises(ConfigError, match="restart"):  # the common keys still count
+            load_job(cfg, import_custom=False)
+    sensor = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\n')
+    assert type(load_job(sensor, import_custom=False)) is SensorJob  # ours: imported
 
 
 def test_entry_point_type(lab_module: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,13 @@ from conftest import write
 from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.config import ConfigError
 from enrgdaq_core.reqrep import RemoteError
-from enrgdaq_core.supervisor.control import ControlServer, default_endpoint, request
+from enrgdaq_core.supervisor.control import (
+    ControlServer,
+    RestartRequest,
+    StatusRequest,
+    default_endpoint,
+    request,
+)
 from enrgdaq_core.supervisor.plan import ChildSpec, RestartSettings, load_plan
 from enrgdaq_core.supervisor.process import Child, describe_exit
 from enrgdaq_core.supervisor.runs import RunBook
@@ -74,7 +80,7 @@ def test_plan_of_a_directory(tmp_path: Path, env: dict[str, str]) -> None:
     ]
     csv_store = plan.child("store-csv")
     assert csv_store is not None
-    args = csv_store.argv[3:]
+    args = csv_store.daq_args
     assert args[:4] == ["store", "csv", "--name", "store-csv"]
     assert args[args.index("--broker") + 1] == plan.address.base
     froms = [args[i + 1] for i, a in enumerate(args) if a == "--from"]
@@ -88,7 +94,7 @@ def test_plan_of_a_directory(tmp_path: Path, env: dict[str, str]) -> None:
     assert raw_store.snapshot and not csv_store.snapshot  # the raw store embeds the configs
     sensor = plan.child("sensor1")
     assert sensor is not None
-    assert sensor.argv[3:6] == ["job", "run", str((d / "sensor.toml").resolve())]
+    assert sensor.daq_args[:3] == ["job", "run", str((d / "sensor.toml").resolve())]
     assert sensor.stores == ("store-csv", "store-raw")
     assert sensor.interval == 0.5 and sensor.restart == "always"
     test = plan.child("test")
@@ -395,26 +401,26 @@ def test_runs_are_numbered_recorded_and_snapshotted(tmp_path: Path) -> None:
 
 def test_control_round_trip_and_refusal(runtime_dir: Path) -> None:
     endpoint = f"ipc://{runtime_dir}/t.sup"
-    server = ControlServer(endpoint)
+    server = ControlServer(
+        endpoint,
+        {
+            StatusRequest: lambda req: {"ok": True, "echo": req},
+            RestartRequest: lambda req: {"error": f"no piece named {req.job!r}"},
+        },
+    )
     import threading
 
     def serve() -> None:
-        for _ in range(2):
+        for _ in range(3):
             if server.socket.poll(5000):
-                req = server.recv()
-                assert req is not None
-                if req["cmd"] == "status":
-                    server.reply({"ok": True, "echo": req})
-                else:
-                    server.reply({"error": "no piece named 'x'"})
+                server.serve_pending()
 
     t = threading.Thread(target=serve)
     t.start()
     try:
-        assert request(endpoint, "status", job="a") == {
-            "ok": True,
-            "echo": {"cmd": "status", "job": "a"},
-        }
+        assert request(endpoint, "status") == {"ok": True, "echo": {"cmd": "status"}}
+        with pytest.raises(RemoteError, match="^bad status request: .* unknown field `job`$"):
+            request(endpoint, "status", job="a")
         with pytest.raises(RemoteError, match="no piece named 'x'"):
             request(endpoint, "restart", job="x")
     finally:

@@ -3,6 +3,8 @@ topics that never leak, and the one-address-four-endpoints scheme."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,9 @@ from enrgdaq_core.transport import (
     AddressError,
     BrokerAddress,
     Publisher,
+    RuntimeDirError,
     Subscriber,
+    runtime_dir,
 )
 
 pytestmark = pytest.mark.e2e
@@ -313,3 +317,92 @@ def test_bad_broker_flag_is_a_usage_error(procs: Procs) -> None:
     assert p.stderr.decode() == (
         "daq: error: broker address 'udp://h:1': expected ipc://PATH or tcp://HOST:PORT\n"
     )
+
+
+# -- the runtime directory: private to this user, or refused ---------------------------------
+
+
+def test_runtime_dir_is_created_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DAQ_RUNTIME_DIR", str(tmp_path / "parent" / "rt"))
+    path = runtime_dir()
+    assert path == tmp_path / "parent" / "rt"
+    st = os.lstat(path)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert st.st_uid == os.getuid()
+    assert runtime_dir() == path  # and used as it is the next time
+    monkeypatch.setenv("DAQ_RUNTIME_DIR", str(tmp_path / "parent" / "rt2"))
+    old = os.umask(0o777)  # a umask that leaves no bits at all
+    try:
+        path = runtime_dir()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+
+
+def test_runtime_dir_with_group_or_other_bits_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    d = tmp_path / "rt"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    monkeypatch.setenv("DAQ_RUNTIME_DIR", str(d))
+    with pytest.raises(RuntimeDirError) as exc:
+        runtime_dir()
+    assert str(exc.value) == (
+        f"runtime directory {d} has mode 0755, not 0700; chmod 700 it "
+        "or set DAQ_RUNTIME_DIR to a directory of yours with mode 0700"
+    )
+    with pytest.raises(RuntimeDirError, match="has mode 0755"):
+        BrokerAddress.parse()  # the default address lives there
+    os.chmod(d, 0o700)
+    assert runtime_dir() == d
+
+
+def test_runtime_dir_of_another_user_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another local user created `/tmp/enrgdaq-UID` first: their directory, their sockets."""
+    d = tmp_path / "rt"
+    d.mkdir(mode=0o700)
+    me = os.getuid()
+    monkeypatch.setenv("DAQ_RUNTIME_DIR", str(d))
+    monkeypatch.setattr(os, "getuid", lambda: me + 4242)  # we are someone else now
+    with pytest.raises(RuntimeDirError) as exc:
+        runtime_dir()
+    assert str(exc.value) == (
+        f"runtime directory {d} belongs to uid {me}, not to you (uid {me + 4242}); remove it "
+        "(another user may have made it) or set DAQ_RUNTIME_DIR to a directory of yours "
+        "with mode 0700"
+    )
+
+
+def test_runtime_dir_that_is_a_symlink_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Even a link to a private directory of ours: whoever made the link chose where it goes."""
+    target = tmp_path / "private"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "rt"
+    link.symlink_to(target)
+    monkeypatch.setenv("DAQ_RUNTIME_DIR", str(link))
+    with pytest.raises(RuntimeDirError, match=f"^runtime directory {link} is a symlink; remove"):
+        runtime_dir()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DAQ_RUNTIME_DIR", str(tmp_path / "file"))
+    with pytest.raises(RuntimeDirError, match="is not a directory"):
+        runtime_dir()
+
+
+def test_a_refused_runtime_dir_is_one_error_line(procs: Procs, tmp_path: Path) -> None:
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    procs.env["DAQ_RUNTIME_DIR"] = str(d)
+    for args in (["broker"], ["ctl", "status"], ["stats", "--json"]):
+        p = procs.run(*args, timeout=60)
+        assert p.returncode == 1, (args, p.stderr.decode())
+        assert p.stderr.decode() == (
+            f"daq: error: runtime directory {d} has mode 0777, not 0700; chmod 700 it "
+            "or set DAQ_RUNTIME_DIR to a directory of yours with mode 0700\n"
+        ), args
+    assert list(d.iterdir()) == []  # no socket was bound there

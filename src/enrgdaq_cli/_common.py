@@ -11,7 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from enrgdaq_core.config import ConfigError
-from enrgdaq_core.transport import AddressError, BrokerAddress
+from enrgdaq_core.transport import AddressError, BrokerAddress, RuntimeDirError
 
 BrokerOpt = Annotated[
     str | None,
@@ -38,6 +38,8 @@ def broker_address(value: str | None) -> BrokerAddress:
         return BrokerAddress.parse(value)
     except AddressError as exc:
         fail(str(exc), EXIT_USAGE)
+    except RuntimeDirError as exc:
+        fail(str(exc))
 
 
 @contextmanager
@@ -49,7 +51,7 @@ def errors() -> Iterator[None]:
         for issue in exc.issues:
             typer.echo(f"daq: config error: {issue}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    except ConnectionError as exc:
+    except (ConnectionError, RuntimeDirError) as exc:
         fail(str(exc))
     except BrokenPipeError:
         # the reader of our stdout went away (`| head`): not an error of ours

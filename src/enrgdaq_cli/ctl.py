@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, fail
+from enrgdaq_cli._common import BrokerOpt, broker_address, errors, fail
 
 app = typer.Typer(
     help="""Control a running `daq up`: status, restart/stop/start a piece, next run, logs.
@@ -48,7 +48,8 @@ def _endpoint(control: str | None, address: str | None) -> str:
         return control
     from enrgdaq_core.supervisor.control import default_endpoint
 
-    return default_endpoint(broker_address(address))
+    with errors():  # a runtime directory that is not private: one line
+        return default_endpoint(broker_address(address))
 
 
 def _ask(endpoint: str, cmd: str, timeout: float, **args: Any) -> dict[str, Any]:

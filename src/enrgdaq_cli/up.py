@@ -34,6 +34,8 @@ Examples:
   daq up configs/ --no-tty > up.log 2>&1
 
   daq up configs/ --check          # validate and show the plan, start nothing
+
+  daq up configs/ --check --import-jobs   # also import custom job types (runs their code)
 """
 
 
@@ -79,7 +81,7 @@ def _describe_plan(plan: Any) -> None:
     typer.echo(f"  node {plan.node}, broker {plan.address.base}, control {plan.control}")
     typer.echo(f"  out_dir {plan.out_dir}")
     for spec in plan.children:
-        typer.echo(f"  {spec.role:6} {spec.name}: {' '.join(spec.argv[3:])}")
+        typer.echo(f"  {spec.role:6} {spec.name}: {' '.join(spec.daq_args)}")
     for w in plan.warnings:
         typer.echo(f"  warning: {w}")
 
@@ -104,7 +106,20 @@ def up(
         bool, typer.Option("--no-tty", help="Plain log lines, no live table.")
     ] = False,
     check: Annotated[
-        bool, typer.Option("--check", help="Validate and print the plan; start nothing.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Validate and print the plan; start nothing. Custom job types (module:Class, "
+            "plugins) are not imported: only the keys every job has are checked.",
+        ),
+    ] = False,
+    import_jobs: Annotated[
+        bool,
+        typer.Option(
+            "--import-jobs",
+            help="With --check: also import custom job types to check their own keys "
+            "(runs their modules' code).",
+        ),
     ] = False,
 ) -> None:
     from enrgdaq_core.config import ConfigError
@@ -114,7 +129,9 @@ def up(
 
     with errors():
         try:
-            plan = load_plan(directory, broker=address, out_dir=out_dir)
+            plan = load_plan(
+                directory, broker=address, out_dir=out_dir, import_jobs=import_jobs or not check
+            )
         except ConfigError as exc:
             n = len(exc.issues)
             typer.echo(

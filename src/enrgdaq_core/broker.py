@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from enrgdaq_core.broker_client import QUERIES
 from enrgdaq_core.envelope import TOPIC_END, Kind, Source
 from enrgdaq_core.reqrep import Server
 from enrgdaq_core.stats import ProcessSampler, StatsReport
@@ -148,7 +149,7 @@ class Broker:
         snapshot = self._snapshot
         self._control = Server(
             address.control,
-            {"status": snapshot, "subscriptions": snapshot, "counters": snapshot},
+            dict.fromkeys(QUERIES, snapshot),
             keys=self.keys,
             ctx=self._ctx,
             replace_stale=True,

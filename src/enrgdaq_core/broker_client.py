@@ -1,7 +1,9 @@
 """Questions to a running broker over its control endpoint (subscriptions, counters).
 
 Apart from the broker itself so that a piece that only asks (a source confirming delivery, the
-supervisor gating its sources, `daq stats`) does not import the hub.
+supervisor gating its sources, `daq stats`) does not import the hub. The schemas of the
+questions are here too (the broker's `reqrep.Server` refuses anything else): each takes no
+field, and each is answered with the broker's whole snapshot.
 """
 
 from __future__ import annotations
@@ -9,10 +11,33 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from enrgdaq_core.reqrep import RemoteError, request
+from enrgdaq_core.reqrep import RemoteError, Request, request
 from enrgdaq_core.transport import BrokerAddress, CurveKeys
 
-__all__ = ["query", "wait_for_subscriptions"]
+__all__ = [
+    "QUERIES",
+    "CountersQuery",
+    "StatusQuery",
+    "SubscriptionsQuery",
+    "query",
+    "wait_for_subscriptions",
+]
+
+
+class StatusQuery(Request, tag="status"):
+    """The broker's snapshot: uptime, per-topic counters, subscriptions."""
+
+
+class SubscriptionsQuery(Request, tag="subscriptions"):
+    """The same snapshot, asked for its subscriptions (`wait_for_subscriptions`)."""
+
+
+class CountersQuery(Request, tag="counters"):
+    """The same snapshot, asked for its counters."""
+
+
+QUERIES: tuple[type[Request], ...] = (StatusQuery, SubscriptionsQuery, CountersQuery)
+"""Every question the broker answers (all with its snapshot)."""
 
 
 def query(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ __all__ = [
     "CurveKeys",
     "Mode",
     "Publisher",
+    "RuntimeDirError",
     "Subscriber",
     "TelemetryPublisher",
     "context",
@@ -98,8 +100,19 @@ def _send_parts(sock: zmq.Socket, parts: list, flags: int = 0) -> None:
         _send(sock, part, flags | _SNDMORE if i < last else flags, False)
 
 
+class RuntimeDirError(Exception):
+    """The runtime directory is not private to this user: someone else could reach, or stand
+    in for, the broker and supervisor sockets in it. Its message is the one line to show."""
+
+
 def runtime_dir() -> Path:
-    """Per-user directory for ipc sockets and pid files (DAQ_RUNTIME_DIR overrides)."""
+    """Per-user directory for ipc sockets (DAQ_RUNTIME_DIR overrides).
+
+    Whoever can write in it can bind the broker's and `daq up`'s sockets there first, so it
+    is used only if it is a real directory (not a symlink) owned by this user with mode 0700;
+    RuntimeDirError otherwise. A missing one is created so (mkdir is atomic: if another user
+    created it first, the check refuses theirs).
+    """
     explicit = os.environ.get("DAQ_RUNTIME_DIR")
     if explicit:
         path = Path(explicit)
@@ -107,8 +120,39 @@ def runtime_dir() -> Path:
         path = Path(os.environ["XDG_RUNTIME_DIR"]) / "enrgdaq"
     else:
         path = Path(tempfile.gettempdir()) / f"enrgdaq-{os.getuid()}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass  # checked below, whoever made it
+    except OSError as exc:
+        raise RuntimeDirError(
+            f"cannot create the runtime directory {path}: {exc.strerror or exc}"
+        ) from None
+    else:
+        os.chmod(path, 0o700)  # ours, just made: the umask may have taken bits away
+    refusal = _runtime_dir_refusal(path, os.lstat(path), os.getuid())
+    if refusal is not None:
+        raise RuntimeDirError(refusal)
     return path
+
+
+def _runtime_dir_refusal(path: Path, st: os.stat_result, uid: int) -> str | None:
+    """Why `path` (its lstat `st`) may not be the runtime directory of user `uid`; None: fine."""
+    fix = "or set DAQ_RUNTIME_DIR to a directory of yours with mode 0700"
+    if stat.S_ISLNK(st.st_mode):
+        return f"runtime directory {path} is a symlink; remove it {fix}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"runtime directory {path} is not a directory; remove it {fix}"
+    if st.st_uid != uid:
+        return (
+            f"runtime directory {path} belongs to uid {st.st_uid}, not to you (uid {uid}); "
+            f"remove it (another user may have made it) {fix}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o700:
+        return f"runtime directory {path} has mode {mode:04o}, not 0700; chmod 700 it {fix}"
+    return None
 
 
 class AddressError(ValueError):

@@ -2,6 +2,10 @@
 
 `daq_job_type` may be a built-in name (`sensor`), a seed alias (`DAQJobTest`), an import path
 (`my_pkg.jobs:MyJob`), or a name registered by a package under the `enrgdaq.jobs` entry points.
+
+Resolving an import path or an entry point imports a module that is not the project's, and
+importing runs its code; `load_job(..., import_custom=False)` (`daq up --check`) leaves it
+unimported and checks only the keys every job has (docs/security.md).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from enrgdaq_core.config import (
     ConfigError,
     ConfigIssue,
@@ -20,7 +26,7 @@ from enrgdaq_core.config import (
     read_toml,
     wrong_type_message,
 )
-from enrgdaq_core.jobs.base import Job
+from enrgdaq_core.jobs.base import Job, JobConfig
 
 # The built-in job types, in the order `daq job list` shows them: type_name -> class. A name
 # here must be its class's own `type_name` (tests check it); the seed's names a type answers
@@ -70,7 +76,10 @@ def resolve(type_name: str) -> type[Job]:
         return _load(_BUILTINS[name])
     plugin = _plugins().get(name)
     if plugin is not None:
-        cls = plugin.load()
+        try:
+            cls = plugin.load()
+        except (ImportError, AttributeError) as exc:
+            raise LookupError(f"entry point {name!r} cannot load: {exc}") from None
         if not (isinstance(cls, type) and issubclass(cls, Job)):
             raise LookupError(f"entry point {name!r} does not name a Job subclass")
         return cls
@@ -89,13 +98,35 @@ def resolve(type_name: str) -> type[Job]:
     )
 
 
+class UncheckedJob(Job):
+    """Stands for a job whose type was not imported (`daq up --check` without
+    `--import-jobs`): its config holds the keys every job has (name, interval, store_config,
+    restart), its own keys were not checked, and it cannot run."""
+
+    type_name = "(not imported)"
+
+
+def is_custom(type_name: str) -> bool:
+    """Does resolving this type import a module that is not the project's (an import path,
+    an entry point)? Answered from names and package metadata only, nothing imported."""
+    if type_name in _BUILTINS:
+        return False
+    return ":" in type_name or type_name in _plugins()
+
+
 def load_job(
-    path: str | Path, *, name: str | None = None, data: dict[str, Any] | None = None
+    path: str | Path,
+    *,
+    name: str | None = None,
+    data: dict[str, Any] | None = None,
+    import_custom: bool = True,
 ) -> Job:
     """Read, validate and instantiate the job of one TOML file (ConfigError on any problem).
 
     `data`: the file's content when the caller has read it already (`daq up` reads each
     file once); `path` then only names it in errors and gives the default name.
+    `import_custom=False`: a custom type (`is_custom`) is not imported (its module's code does
+    not run); the job is then an `UncheckedJob` with only the common keys checked.
     """
     path = Path(path)
     if data is None:
@@ -109,6 +140,11 @@ def load_job(
         raise ConfigError(
             [ConfigIssue(str(path), "daq_job_type", wrong_type_message("a string", type_name))]
         )
+    if not import_custom and is_custom(type_name):
+        # the keys every job has, checked as strictly as ever; the type's own left alone
+        keys = {f.encode_name for f in msgspec.structs.fields(JobConfig)}
+        common = convert({k: v for k, v in data.items() if k in keys}, JobConfig, path)
+        return UncheckedJob(common, name or common.name or path.stem)
     try:
         cls = resolve(type_name)
     except LookupError as exc:
@@ -117,4 +153,4 @@ def load_job(
     return cls(config, name or config.name or path.stem)
 
 
-__all__ = ["load_job", "names", "resolve"]
+__all__ = ["UncheckedJob", "is_custom", "load_job", "names", "resolve"]

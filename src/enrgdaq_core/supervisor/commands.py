@@ -1,7 +1,9 @@
 """The answers of a running `daq up` to `daq ctl`: one handler per control command.
 
 Apart from the supervisor's lifecycle loop, which only serves them: `Supervisor.run` binds a
-`ControlServer` with `SupervisorCommands(self).handlers`. A handler answers with a reply dict,
+`ControlServer` with `SupervisorCommands(self).handlers`. A handler gets its request already
+validated against the command's schema (control.py), so it never sees a wrong type or a
+number out of range. It answers with a reply dict,
 or with None when the answer comes later (`run next`: the loop polls `Supervisor._deferred`
 and sends the reply once the sources have stopped and the next run started).
 """
@@ -13,7 +15,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from enrgdaq_core.config import ConfigError
-from enrgdaq_core.reqrep import Handler
+from enrgdaq_core.reqrep import Handler, Request
+from enrgdaq_core.supervisor.control import (
+    LogsRequest,
+    PingRequest,
+    RestartRequest,
+    RunRequest,
+    StartRequest,
+    StatusRequest,
+    StopRequest,
+)
 from enrgdaq_core.supervisor.process import Child
 
 if TYPE_CHECKING:
@@ -37,44 +48,43 @@ class SupervisorCommands:
         self.sup = sup
 
     @property
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> dict[type[Request], Handler]:
         return {
-            "ping": self.ping,
-            "status": self.status,
-            "run": self.run,
-            "restart": self.restart,
-            "stop": self.stop,
-            "start": self.start,
-            "logs": self.logs,
+            PingRequest: self.ping,
+            StatusRequest: self.status,
+            RunRequest: self.run,
+            RestartRequest: self.restart,
+            StopRequest: self.stop,
+            StartRequest: self.start,
+            LogsRequest: self.logs,
         }
 
     # -- lookups shared by the piece commands ------------------------------------------------
 
-    def _piece(self, req: dict[str, Any]) -> Child | Reply:
-        name = str(req.get("job") or "")
+    def _piece(self, name: str) -> Child | Reply:
         child = self.sup.children.get(name)
         if child is None:
             known = ", ".join(self.sup.children)
             return {"error": f"no piece named {name!r} (known: {known})"}
         return child
 
-    def _running_piece(self, req: dict[str, Any]) -> Child | Reply:
+    def _running_piece(self, name: str) -> Child | Reply:
         """The piece to act on, or the refusal: unknown piece, or not while starting/stopping."""
-        child = self._piece(req)
+        child = self._piece(name)
         if isinstance(child, Child) and self.sup.phase != "running":
             return {"error": f"the supervisor is {self.sup.phase}; try again when it runs"}
         return child
 
     # -- the commands ------------------------------------------------------------------------
 
-    def ping(self, req: dict[str, Any]) -> Reply:
+    def ping(self, req: PingRequest) -> Reply:
         return {"ok": True}
 
-    def status(self, req: dict[str, Any]) -> Reply:
+    def status(self, req: StatusRequest) -> Reply:
         return self.sup.status()
 
-    def restart(self, req: dict[str, Any]) -> Reply:
-        child = self._running_piece(req)
+    def restart(self, req: RestartRequest) -> Reply:
+        child = self._running_piece(req.job)
         if not isinstance(child, Child):
             return child
         if child.alive:
@@ -84,8 +94,8 @@ class SupervisorCommands:
         self.sup._start(child)
         return {"ok": True, "message": f"started {child.name} (pid {child.pid})"}
 
-    def stop(self, req: dict[str, Any]) -> Reply:
-        child = self._running_piece(req)
+    def stop(self, req: StopRequest) -> Reply:
+        child = self._running_piece(req.job)
         if not isinstance(child, Child):
             return child
         child.wanted = False
@@ -95,8 +105,8 @@ class SupervisorCommands:
         child.terminate("stopped")
         return {"ok": True, "message": f"stopping {child.name} (pid {child.pid})"}
 
-    def start(self, req: dict[str, Any]) -> Reply:
-        child = self._running_piece(req)
+    def start(self, req: StartRequest) -> Reply:
+        child = self._running_piece(req.job)
         if not isinstance(child, Child):
             return child
         if child.alive:
@@ -105,20 +115,17 @@ class SupervisorCommands:
         self.sup._start(child)
         return {"ok": True, "message": f"started {child.name} (pid {child.pid})"}
 
-    def logs(self, req: dict[str, Any]) -> Reply:
-        child = self._piece(req)
+    def logs(self, req: LogsRequest) -> Reply:
+        child = self._piece(req.job)
         if not isinstance(child, Child):
             return child
-        return read_log(child, req.get("offset"), int(req.get("lines") or 50))
+        return read_log(child, req.offset, req.lines)
 
-    def run(self, req: dict[str, Any]) -> Reply | None:
+    def run(self, req: RunRequest) -> Reply | None:
         """`run show`, or `run next`: stop the sources, close the run, start the next one."""
         sup = self.sup
-        action = str(req.get("action") or "show")
-        if action == "show":
+        if req.action == "show":
             return {"ok": True, "run": sup.status()["run"], "runs": sup.runbook.records()}
-        if action != "next":
-            return {"error": f"unknown run action {action!r} (expected next or show)"}
         if sup.phase != "running":
             return {"error": f"the supervisor is {sup.phase}; try again when it runs"}
         old = sup.record
@@ -157,7 +164,7 @@ class SupervisorCommands:
         return None
 
 
-def read_log(child: Child, offset: Any, lines: int) -> Reply:
+def read_log(child: Child, offset: int | None, lines: int) -> Reply:
     """The last `lines` lines of a piece's log (offset None), or what follows `offset`.
 
     Only whole lines are handed out after an offset, at most LOG_TAIL_BYTES per answer; an
@@ -180,7 +187,6 @@ def read_log(child: Child, offset: Any, lines: int) -> Reply:
                 "offset": size,
                 "text": "\n".join(text) + ("\n" if text else ""),
             }
-        offset = int(offset)
         if offset > size:  # rotated: start over in the new file
             offset = 0
         f.seek(offset)

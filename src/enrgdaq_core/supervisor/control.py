@@ -1,9 +1,11 @@
-"""The control endpoint of a running `daq up`, and the client `daq ctl` uses.
+"""The control endpoint of a running `daq up`: its protocol, its server, the client `daq ctl` uses.
 
 A REP socket answering one msgpack request at a time (`{"cmd": "status"}`, `{"cmd":
-"restart", "job": "sensor1"}`, ...). By default it is an ipc socket beside the broker's, in
-the per-user runtime directory (mode 0700): only this user on this machine can reach it. A
-tcp endpoint is used only when configured (`control = "tcp://..."` in supervisor.toml).
+"restart", "job": "sensor1"}`, ...). Every command's fields are typed and bounded by its
+schema below (`reqrep.Request`); a request that does not fit is refused with one line and
+changes nothing. By default it is an ipc socket beside the broker's, in the per-user runtime
+directory (mode 0700): only this user on this machine can reach it. A tcp endpoint is used
+only when configured (`control = "tcp://..."` in supervisor.toml).
 """
 
 from __future__ import annotations
@@ -12,18 +14,80 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import zmq
 
-from enrgdaq_core.reqrep import Handler, RemoteError, Server
+from enrgdaq_core.reqrep import Handler, RemoteError, Request, Server
 from enrgdaq_core.reqrep import request as _request
 from enrgdaq_core.transport import BrokerAddress, CurveKeys, runtime_dir
 
-__all__ = ["COMMANDS", "ControlServer", "default_endpoint", "follow_logs", "request"]
+__all__ = [
+    "COMMANDS",
+    "MAX_LOG_LINES",
+    "ControlServer",
+    "LogsRequest",
+    "PingRequest",
+    "RestartRequest",
+    "RunRequest",
+    "StartRequest",
+    "StatusRequest",
+    "StopRequest",
+    "default_endpoint",
+    "follow_logs",
+    "request",
+]
+
+FOLLOW_INTERVAL = 0.5  # s between two `logs` requests of `daq ctl logs -f`
+MAX_LOG_LINES = 100_000
+_MAX_OFFSET = 2**62  # a log offset in bytes: far beyond any file, well inside every int type
+
+PieceName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class PingRequest(Request, tag="ping"):
+    """Is a supervisor there? (a second `daq up` asks before it takes the socket)."""
+
+
+class StatusRequest(Request, tag="status"):
+    """Every piece, its state and last report, the run (`daq ctl status`)."""
+
+
+class RestartRequest(Request, tag="restart"):
+    """Stop a piece and start it again (counted as a restart, reason `requested`)."""
+
+    job: PieceName
+
+
+class StopRequest(Request, tag="stop"):
+    """Stop a piece and keep it stopped until `start`."""
+
+    job: PieceName
+
+
+class StartRequest(Request, tag="start"):
+    """Start a stopped piece."""
+
+    job: PieceName
+
+
+class RunRequest(Request, tag="run"):
+    """`show` the current and past runs, or close this run and start the `next`."""
+
+    action: Literal["show", "next"] = "show"
+
+
+class LogsRequest(Request, tag="logs"):
+    """The last `lines` lines of a piece's log, or (with `offset`) what follows that byte."""
+
+    job: PieceName
+    offset: Annotated[int, msgspec.Meta(ge=0, le=_MAX_OFFSET)] | None = None
+    lines: Annotated[int, msgspec.Meta(ge=0, le=MAX_LOG_LINES)] = 50
+
 
 COMMANDS = ("status", "restart", "stop", "start", "run", "logs")
-FOLLOW_INTERVAL = 0.5  # s between two `logs` requests of `daq ctl logs -f`
+"""What `daq ctl` can ask (the unknown-command error lists them; `ping` is for `daq up`)."""
 
 
 def default_endpoint(address: BrokerAddress) -> str:
@@ -45,7 +109,7 @@ class ControlServer(Server):
     def __init__(
         self,
         endpoint: str,
-        handlers: Mapping[str, Handler] | None = None,
+        handlers: Mapping[type[Request], Handler] | None = None,
         *,
         expected: tuple[type[BaseException], ...] = (),
         keys: CurveKeys | None = None,

@@ -76,8 +76,14 @@ class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 
 def daq_command() -> list[str]:
-    """How a child `daq` is started: this interpreter, so no PATH lookup is needed."""
-    return [sys.executable, "-m", "enrgdaq_cli.main"]
+    """How a child `daq` is started: this interpreter, so no PATH lookup is needed.
+
+    `-P`: not from the working directory. `python -m` puts the working directory first on
+    `sys.path`, so a `typer.py` lying in the directory `daq up` was started in would run in
+    every child; PYTHONPATH and the user site still apply (a lab's job package is found as
+    before). The one place a child interpreter is named (docs/security.md).
+    """
+    return [sys.executable, "-P", "-m", "enrgdaq_cli.main"]
 
 
 @dataclass
@@ -94,6 +100,11 @@ class ChildSpec:
     stores: tuple[str, ...] = ()  # jobs: the store pieces that take their data
     interval: float = 0.0  # jobs: seconds between steps (a report comes at most that often)
     snapshot: bool = False  # raw store: embed the run's config snapshot (`-O snapshot=DIR`)
+
+    @property
+    def daq_args(self) -> list[str]:
+        """The arguments after `daq` (what a person would type), without the interpreter."""
+        return self.argv[len(daq_command()) :]
 
 
 @dataclass
@@ -169,18 +180,21 @@ def load_plan(
     broker: str | None = None,
     out_dir: str | None = None,
     control: str | None = None,
+    import_jobs: bool = True,
 ) -> Plan:
     """Validate everything in `directory`; ConfigError carries every problem of every file.
 
     Three steps: read and classify every file (once), validate all of it (collecting every
-    issue, in file order), then build the process specs.
+    issue, in file order), then build the process specs. `import_jobs=False` (`daq up
+    --check`): a custom job type's module is not imported (its code does not run), only the
+    keys every job has are checked in its file, and the plan warns about it.
     """
     directory = Path(directory)
     files = _toml_files(directory)
     issues: list[ConfigIssue] = []
     sup, sup_file = _read_supervisor(directory, issues)
     address = _broker_address(broker, sup, sup_file or directory, issues)
-    configs = _validate_files(_classify(files), issues)
+    configs = _validate_files(_classify(files), issues, import_jobs=import_jobs)
     if not configs.jobs and not issues:
         issues.append(
             ConfigIssue(str(directory), "", "no source job configs (*.toml) in this directory")
@@ -267,7 +281,9 @@ def _classify(files: list[Path]) -> list[_File]:
 # -- validate ------------------------------------------------------------------------------
 
 
-def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
+def _validate_files(
+    files: list[_File], issues: list[ConfigIssue], *, import_jobs: bool = True
+) -> _Configs:
     """Check each file in order: a store as its process will build it, a job by loading it."""
     from enrgdaq_core.jobs import load_job
 
@@ -280,7 +296,8 @@ def _validate_files(files: list[_File], issues: list[ConfigIssue]) -> _Configs:
             issues.extend(_check_store(f.backend, f.path, data=f.data))
         else:
             try:
-                configs.jobs.append((f.path, load_job(f.path, data=f.data)))
+                job = load_job(f.path, data=f.data, import_custom=import_jobs)
+                configs.jobs.append((f.path, job))
             except ConfigError as exc:
                 issues.extend(exc.issues)
     return configs
@@ -378,11 +395,17 @@ def _build(
 ) -> Plan:
     """The plan of a valid directory: the broker, the stores some source sends to, sources."""
     from enrgdaq_core.envelope import node_name
+    from enrgdaq_core.jobs import UncheckedJob
     from enrgdaq_core.supervisor.control import default_endpoint
 
     out = Path(out_dir or sup.out_dir).expanduser().resolve()
     daq = daq_command()
-    warnings: list[str] = []
+    warnings = [
+        f"{path}: job type {job.config.daq_job_type!r} not imported, so only the keys every "
+        "job has were checked (--import-jobs imports it, running its code)"
+        for path, job in configs.jobs
+        if isinstance(job, UncheckedJob)
+    ]
     broker_spec = ChildSpec(
         "broker", "broker", [*daq, "broker", "--broker", address.base, "--name", "broker"]
     )
