@@ -6,11 +6,11 @@ import logging
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from enrgdaq_cli._common import errors, fail
+from enrgdaq_cli._common import error_line, errors, fail
 
 HELP = """Run a whole system from a directory of TOML files: broker, stores, sources.
 
@@ -69,11 +69,6 @@ def _setup_logging(plan: Any, *, live: bool, recent: deque[str]) -> None:
     root.addHandler(handler)
 
 
-def _os_fail(exc: OSError) -> NoReturn:
-    """out_dir not writable, disk full: say what and where, not a traceback."""
-    fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
-
-
 def _describe_plan(plan: Any) -> None:
     typer.echo(f"{plan.directory}: valid")
     typer.echo(f"  node {plan.node}, broker {plan.address.base}, control {plan.control}")
@@ -130,7 +125,7 @@ def up(
     try:
         _setup_logging(plan, live=live, recent=recent)
     except OSError as exc:
-        _os_fail(exc)
+        fail(error_line(exc))  # out_dir not writable, disk full: what and where
 
     def console(name: str, line: str) -> None:
         if " ERROR " in line or " WARNING " in line or "Traceback" in line:
@@ -163,5 +158,5 @@ def up(
             else:
                 code = sup.run()
     except OSError as exc:
-        _os_fail(exc)
+        fail(error_line(exc))  # out_dir not writable, disk full: what and where
     raise typer.Exit(code)
