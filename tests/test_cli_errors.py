@@ -159,6 +159,16 @@ def test_daq_up_children_log_one_line_or_with_debug_the_traceback(
         assert "daq: error: ZeroDivisionError: division by zero (at lab/dev.py:21 in step)" in text
 
 
+def test_daq_up_on_the_parent_of_the_examples_says_where_they_are(procs: Procs) -> None:
+    root = Path(__file__).resolve().parent.parent
+    p = procs.run("up", "configs/", "--check", cwd=root)
+    assert p.returncode == 2
+    assert p.stderr.decode().splitlines()[-1] == (
+        "daq: config error: configs: no source job configs (*.toml with daq_job_type) in this "
+        "directory; did you mean configs/examples?"
+    )
+
+
 def test_version_from_the_package_metadata(procs: Procs) -> None:
     p = procs.run("--version")
     assert p.returncode == 0, p.stderr.decode()

@@ -29,16 +29,12 @@ and exits 1 (--ignore-damage: go on past it, exit 0).
 
 Examples:
 
+\b
   daq replay run000042.raw | daq store root -o run42.root
-
   daq replay run000042_*.raw --to tcp://daq1:5550 --speed 1
-
   daq replay run42.raw --from 10m --until 12m --source digi1 | daq store hdf5
-
   daq replay run42.raw --from rec:1000000 --count 10
-
   daq replay --info run42.raw --json
-
   daq replay run42.raw --loop --count 1000000 --to broker   # soak test
 """
 

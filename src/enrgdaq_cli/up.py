@@ -29,11 +29,10 @@ Control it from another shell with `daq ctl`.
 
 Examples:
 
+\b
   daq up configs/examples
-
-  daq up configs/ --no-tty > up.log 2>&1
-
-  daq up configs/ --check          # validate and show the plan, start nothing
+  daq up configs/examples --no-tty > up.log 2>&1
+  daq up configs/examples --check  # validate and show the plan, start nothing
 """
 
 
