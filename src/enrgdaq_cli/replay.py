@@ -65,6 +65,8 @@ def _print_info(info: dict[str, Any]) -> None:
     echo(f"  first      {_when(info['first_ns'])}")
     echo(f"  last       {_when(info['last_ns'])}   span {info['duration_s']:.3f} s")
     echo(f"  records    {info['records']}   rows {info['rows']}")
+    for d in info["damage"]:  # first: a config snapshot below may run to many lines
+        echo(f"damage: {d['path']}: {d['reason']} at byte {d['offset']} (record {d['record']})")
     echo("files:")
     for p in parts:
         meta = p["meta"]
@@ -110,8 +112,6 @@ def _print_info(info: dict[str, Any]) -> None:
         for name, text in files.items():
             echo(f"--- {name}")
             echo(text.rstrip("\n"))
-    for d in info["damage"]:
-        echo(f"damage: {d['path']}: {d['reason']} at byte {d['offset']} (record {d['record']})")
 
 
 class _Bar:
