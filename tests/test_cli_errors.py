@@ -79,6 +79,14 @@ def test_tap_into_head_ends_quietly(procs: Procs, broker: BrokerAddress, tmp_pat
     assert procs.stop(job) == 0
 
 
+def test_text_output_into_a_closed_pipe_ends_quietly(procs: Procs) -> None:
+    """What print() buffers is flushed at exit: a reader already gone must not show there."""
+    p = procs.start("job", "list", "--json", stdout=subprocess.PIPE)
+    p.stdout.close()  # before daq has even started writing
+    code = p.wait(60)
+    _quiet(subprocess.CompletedProcess(p.args, code, b"", p.stderr.read()))
+
+
 def _one_line(p: subprocess.CompletedProcess) -> str:
     err = p.stderr.decode()
     assert p.returncode != 0

@@ -98,9 +98,10 @@ def run() -> None:
     try:
         try:
             app()
-        finally:
+        except SystemExit:
             if sys.stdout is not None:
                 sys.stdout.flush()  # here, not at exit, where a closed pipe cannot be caught
+            raise
     except BrokenPipeError:
         quiet_stdout()
         sys.exit(0)
