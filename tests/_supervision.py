@@ -60,14 +60,16 @@ def config_dir(tmp_path: Path, jobs: dict[str, str], supervisor: str = "") -> Pa
 class Up:
     """One `daq up DIR --no-tty` process and what a test asks of it."""
 
-    def __init__(self, procs: Procs, directory: Path, runtime_dir: Path, *args: str) -> None:
+    def __init__(
+        self, procs: Procs, directory: Path, runtime_dir: Path, *args: str, debug: bool = False
+    ) -> None:
         self.cwd = procs.cwd
         self.out = self.cwd / "out"
         self.log = self.cwd / "up.out"
         self._log_f = open(self.log, "wb")  # noqa: SIM115 - closed in close()
-        self.p = procs.start(
-            "up", str(directory), "--no-tty", *args, stdout=self._log_f, stderr=subprocess.STDOUT
-        )
+        argv = ["--debug"] if debug else []
+        argv += ["up", str(directory), "--no-tty", *args]
+        self.p = procs.start(*argv, stdout=self._log_f, stderr=subprocess.STDOUT)
         self.address = BrokerAddress.parse(f"ipc://{runtime_dir}/broker")
         self.control = f"ipc://{runtime_dir}/broker.sup"
         self.pids: set[int] = set()

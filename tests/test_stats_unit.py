@@ -45,7 +45,13 @@ def test_meter_latency_from_injected_delays() -> None:
     assert report.latency_p50_ms == pytest.approx(50.0, rel=BUCKET - 1)
     assert report.latency_p99_ms == pytest.approx(99.0, rel=BUCKET - 1)
     # the next interval starts empty: figures are per interval, not since the start
-    assert meter.report().latency_p50_ms is None
+    later = meter.report()
+    assert later.latency_p50_ms is None
+    # count and sum are since the start (a Prometheus summary's _count and _sum), exact
+    assert (report.latency_count, report.latency_sum_ms) == (100, 5050.0)
+    assert (later.latency_count, later.latency_sum_ms) == (100, 5050.0)
+    meter.received(_header(100, now - 2_500_000), 10, now_ns=now)
+    assert (meter.report().latency_count, meter.report().latency_sum_ms) == (101, 5052.5)
 
 
 def test_constant_delay_is_exact() -> None:
@@ -291,6 +297,8 @@ def test_prometheus_text_parses_with_labels() -> None:
                            latency_p50_ms=1.5, latency_p99_ms=9.0, latency_max_ms=12.0,
                            extra={"lost_by_source": {"sensor1": 20}, "flush_ms": 3.0}))  # fmt: skip
     mon.add_report(_report("broker", "broker", extra={"topics": {"data.sensor1": [500, 1000]}}))
+    mon.add_report(_report("store-root", "store", latency_p50_ms=1.5, latency_p99_ms=9.0,
+                           latency_max_ms=12.0, latency_count=40, latency_sum_ms=100.0))  # fmt: skip
     mon.add_alert(Alert(job="al", name="lossy", condition="lost_above", state="raised",
                         node="n1", piece="store-csv"))  # fmt: skip
     clock.t += 10
@@ -312,9 +320,17 @@ def test_prometheus_text_parses_with_labels() -> None:
                     (n1, ("piece", "broker"), ("topic", "data.sensor1")))] == 500  # fmt: skip
     assert samples[("daq_alert_active", (("alert", "lossy"), ("job", "al"), n1,
                                          ("piece", "store-csv"), ("severity", "warning")))] == 1  # fmt: skip
+    root = (n1, ("piece", "store-root"))
+    assert samples[("daq_latency_seconds", (*root, ("quantile", "0.99")))] == 0.009
+    assert samples[("daq_latency_seconds", (*root, ("quantile", "1")))] == 0.012
+    assert samples[("daq_latency_seconds_sum", root)] == 0.1
+    assert samples[("daq_latency_seconds_count", root)] == 40
     names = {name for name, _ in samples}
     declared = {m.name for m in METRICS}
-    assert names <= declared | {n.removesuffix("_total") + "_created" for n in declared}
+    summaries = {
+        f"{m.name}{end}" for m in METRICS if m.type == "summary" for end in ("_sum", "_count")
+    }
+    assert names <= declared | summaries | {n.removesuffix("_total") + "_created" for n in declared}
 
 
 def test_every_metric_and_alert_key_is_documented() -> None:

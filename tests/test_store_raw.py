@@ -21,10 +21,12 @@ from _store_data import (
     write_stream,
 )
 from conftest import Procs, wait_for, write
-from enrgdaq_core.envelope import Envelope, Kind, Source
+from enrgdaq_core.broker_client import wait_for_subscriptions
+from enrgdaq_core.envelope import Envelope, Kind, Source, decode_body
 from enrgdaq_core.runfile import open_part
+from enrgdaq_core.stats import StatsReport
 from enrgdaq_core.stream import StreamError, StreamReader
-from enrgdaq_core.transport import BrokerAddress
+from enrgdaq_core.transport import BrokerAddress, Publisher, Subscriber
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +96,39 @@ def test_pipe_run_file_header_snapshot_and_index(procs: Procs, tmp_path: Path) -
     assert all(e.header.run == 42 and e.header.source == "sensor1" for e in envs)
     assert part.index is not None and part.index.complete
     assert part.index.end_record == 61 and part.index.end_offset == path.stat().st_size
+
+
+def test_end_of_stream_is_recorded_but_not_counted_as_a_row(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    """Rows written = rows sent, in the final stats and the closing line; the EOS marker is
+    in the file (a record) but is no row."""
+    stats = Subscriber(broker, ["stats.store-raw"], mode="monitor")
+    store = broker_store(procs, broker, "raw", ["r"], "-o", "r.raw")
+    assert wait_for_subscriptions(broker, ["data.r"], timeout=20)
+    pub = Publisher(broker)
+    assert pub.wait_ready(10)
+    src = Source("r", store={"raw": {}})
+    for start in range(0, 70, 7):
+        pub.send(src.table(sample_table(start, 7)))
+    pub.send(src.raw(b"one payload"))  # a raw payload is one row
+    pub.send(src.end_of_stream())
+    while True:
+        env = stats.recv(30)
+        assert env is not None, "no final stats report"
+        report = decode_body(env.payload, StatsReport)
+        if report.extra.get("final"):
+            break
+    assert store.wait(30) == 0
+    err = store.stderr.read().decode()
+    pub.close()
+    stats.close()
+    assert report.rows_out == 71 and report.extra["records"] == 12, report
+    assert "store-raw: 71 rows in" in err, err
+    assert [e.kind for e in records(tmp_path / "r.raw")] == [Kind.TABLE] * 10 + [
+        Kind.RAW,
+        Kind.EOS,
+    ]
 
 
 def test_two_sources_share_one_file_in_arrival_order(

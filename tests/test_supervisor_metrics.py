@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -86,6 +88,51 @@ def test_prometheus_metrics_from_the_supervisor(
     finally:
         u.finish()
     assert not (u.out / "stats_history.csv").exists()  # history = "" writes none
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert r.status == 200
+        return r.read().decode()
+
+
+def _promtool_check(text: str) -> subprocess.CompletedProcess:
+    """Prometheus's own linter on an exposition; missing promtool fails (.ci/run installs it)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: install Debian's prometheus package (.ci/run does)")
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_metrics_pass_promtool_once_stores_report_latency(
+    procs: Procs, runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = _free_port()
+    stats = f'history = ""\nprometheus = "127.0.0.1:{port}"\n'
+    u = Up(procs, _config_dir(tmp_path, stats), runtime_dir)
+    try:
+        u.wait_flowing()
+
+        def with_latency() -> str | None:
+            text = _scrape(port)
+            fams = {f.name: f.samples for f in text_string_to_metric_families(text)}
+            store = [
+                s
+                for s in fams.get("daq_latency_seconds", [])
+                if s.labels.get("piece") == "store-csv" and s.labels.get("quantile") == "0.99"
+            ]
+            return text if store else None
+
+        text = wait_for(with_latency, 30, interval=0.2, what="the store's latency at /metrics")
+        check = _promtool_check(text)
+        assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), (
+            check.stdout + check.stderr
+        )
+        assert u.stop() == 0
+    finally:
+        u.finish()
 
 
 def test_bad_prometheus_address_is_a_config_error(tmp_path: Path) -> None:

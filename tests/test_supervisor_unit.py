@@ -152,7 +152,19 @@ def test_missing_and_empty_directories(tmp_path: Path, env: dict[str, str]) -> N
     assert str(info.value) == f"{tmp_path / 'nope'}: no such directory"
     with pytest.raises(ConfigError) as info:
         load_plan(tmp_path)
-    assert str(info.value) == f"{tmp_path}: no source job configs (*.toml) in this directory"
+    empty = "no source job configs (*.toml with daq_job_type) in this directory"
+    assert str(info.value) == f"{tmp_path}: {empty}"
+    # job configs one or two levels down are named (`daq up configs/`: configs/examples)
+    for sub in ("notes", "lab/a", "examples"):
+        (tmp_path / sub).mkdir(parents=True)
+    write(tmp_path / "notes" / "x.toml", 'title = "not a job"\n')
+    write(tmp_path / "lab" / "a" / "s.toml", 'daq_job_type = "sensor"\n')
+    write(tmp_path / "examples" / "s.toml", 'daq_job_type = "sensor"\n')
+    with pytest.raises(ConfigError) as info:
+        load_plan(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: {empty}; did you mean {tmp_path / 'examples'} or {tmp_path / 'lab' / 'a'}?"
+    )
 
 
 def test_unreachable_server_store_is_a_config_error(tmp_path: Path, env: dict[str, str]) -> None:

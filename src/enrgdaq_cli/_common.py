@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import sysconfig
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
 from typing import Annotated, NoReturn
 
 import typer
@@ -26,11 +30,67 @@ BrokerOpt = Annotated[
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+DEBUG_ENV = "DAQ_DEBUG"  # set (or `daq --debug`): errors show their traceback
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     typer.echo(f"daq: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _ours(filename: str) -> bool:
+    """Frames of enrgdaq itself, the standard library or installed packages."""
+    import enrgdaq_cli
+    import enrgdaq_core
+
+    roots = [Path(m.__file__).parent for m in (enrgdaq_core, enrgdaq_cli) if m.__file__]
+    roots += [Path(sysconfig.get_path(k)) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    path = Path(filename)
+    return filename.startswith("<") or any(path.is_relative_to(r) for r in roots)
+
+
+def _where(tb: TracebackType | None) -> str:
+    """` (at FILE:LINE in FUNC)` of the innermost frame in a lab's own code (its job type)."""
+    found = ""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not _ours(code.co_filename):
+            try:
+                name = os.path.relpath(code.co_filename)
+            except ValueError:
+                name = code.co_filename
+            found = f" (at {name}:{tb.tb_lineno} in {code.co_name})"
+        tb = tb.tb_next
+    return found
+
+
+def error_line(exc: BaseException) -> str:
+    """An error no command turned into a message of its own, as one line: `FILE: reason`
+    for a file or device, else `Type: message`; where a lab's code raised it; how to see
+    the traceback for what looks like a bug."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        hint = ""
+    else:
+        message = " ".join(str(exc).split())
+        text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        hint = f"; daq --debug (or {DEBUG_ENV}=1) shows the traceback"
+    return f"{text}{_where(exc.__traceback__)}{hint}"
+
+
+def quiet_stdout() -> None:
+    """Our reader went away (`daq tap | head`, quitting `less`): point stdout at /dev/null,
+    so the interpreter's final flush of what is buffered cannot fail again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.__stdout__.fileno())
+        os.close(fd)
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def broker_address(value: str | None) -> BrokerAddress:
@@ -51,14 +111,10 @@ def errors() -> Iterator[None]:
         for issue in exc.issues:
             typer.echo(f"daq: config error: {issue}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except BrokenPipeError:
+        raise  # a ConnectionError too, but no error: the app ends quietly (main.py)
     except (ConnectionError, RuntimeDirError) as exc:
         fail(str(exc))
-    except BrokenPipeError:
-        # the reader of our stdout went away (`| head`): not an error of ours
-        try:
-            sys.stdout = None  # type: ignore[assignment]
-        finally:
-            raise typer.Exit(0) from None
 
 
 def setup_logging(level: str = "INFO", name: str | None = None) -> None:

@@ -15,8 +15,8 @@ stats) use a separate dropping endpoint and never slow anyone down.
 
 Examples:
 
+\b
   daq broker                              # ipc sockets in the per-user runtime dir
-
   daq broker --broker tcp://0.0.0.0:5550  # tcp: ports 5550 in, 5551 out, 5552 mon, 5553 ctl
 """
 

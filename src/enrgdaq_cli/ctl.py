@@ -18,12 +18,10 @@ the default), or given with --control (DAQ_CONTROL).
 
 Examples:
 
+\b
   daq ctl status
-
   daq ctl restart sensor1
-
   daq ctl run next
-
   daq ctl logs store-csv -f
 """,
     no_args_is_help=True,

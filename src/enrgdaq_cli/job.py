@@ -19,11 +19,10 @@ stdout is a pipe). On SIGINT/SIGTERM it sends end-of-stream and exits 0.
 
 Examples:
 
+\b
   daq job run configs/examples/sensor.toml
-
-  daq job run sensor.toml -o - | daq store csv -o sensor.csv
-
-  daq job run digitizer.toml --count 1000 -o run.raw
+  daq job run configs/examples/sensor.toml -o - | daq store csv -o sensor.csv
+  daq job run configs/examples/digitizer.toml --count 1000 -o run.raw
 """
 
 

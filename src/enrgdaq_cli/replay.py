@@ -29,16 +29,12 @@ and exits 1 (--ignore-damage: go on past it, exit 0).
 
 Examples:
 
+\b
   daq replay run000042.raw | daq store root -o run42.root
-
   daq replay run000042_*.raw --to tcp://daq1:5550 --speed 1
-
   daq replay run42.raw --from 10m --until 12m --source digi1 | daq store hdf5
-
   daq replay run42.raw --from rec:1000000 --count 10
-
   daq replay --info run42.raw --json
-
   daq replay run42.raw --loop --count 1000000 --to broker   # soak test
 """
 
@@ -69,6 +65,8 @@ def _print_info(info: dict[str, Any]) -> None:
     echo(f"  first      {_when(info['first_ns'])}")
     echo(f"  last       {_when(info['last_ns'])}   span {info['duration_s']:.3f} s")
     echo(f"  records    {info['records']}   rows {info['rows']}")
+    for d in info["damage"]:  # first: a config snapshot below may run to many lines
+        echo(f"damage: {d['path']}: {d['reason']} at byte {d['offset']} (record {d['record']})")
     echo("files:")
     for p in parts:
         meta = p["meta"]
@@ -114,8 +112,6 @@ def _print_info(info: dict[str, Any]) -> None:
         for name, text in files.items():
             echo(f"--- {name}")
             echo(text.rstrip("\n"))
-    for d in info["damage"]:
-        echo(f"damage: {d['path']}: {d['reason']} at byte {d['offset']} (record {d['record']})")
 
 
 class _Bar:

@@ -25,18 +25,13 @@ experiment, even over a slow link. A piece that stops reporting is shown stale a
 
 Examples:
 
+\b
   daq stats                       # one table
-
   daq stats --json | jq '.pieces[] | {piece, rate, lost}'
-
   daq stats --watch               # live table; q or Ctrl-C quits
-
   daq stats --broker tcp://daq01:5550 --watch --sort rate
-
   daq stats --serve :9464         # Prometheus /metrics
-
   daq stats --record stats.csv    # a history for plots
-
   daq stats plot stats.csv -o rates.png
 """
 

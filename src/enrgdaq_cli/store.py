@@ -33,17 +33,13 @@ File names, layouts and crash behaviour per backend: docs/stores.md.
 
 Examples:
 
+\b
   daq store csv --from data.sensor1 -o sensor.csv
-
-  daq job run sensor.toml -o - | daq store hdf5 -o sensor.h5
-
+  daq job run configs/examples/sensor.toml -o - | daq store hdf5 -o sensor.h5
   daq replay run42.raw | daq store root -O compression_level=9
-
   daq store csv --from data.sensor1 -O use_zstd=true -O rotate=1h -O add_date=true
-
   daq store mysql --from data. -O host=127.0.0.1 -O database=test --table readings
-
-  daq store csv --config configs/store_csv.toml   # a seed-style store config
+  daq store csv --config configs/examples/store_csv.toml   # a seed-style store config
 """
 
 

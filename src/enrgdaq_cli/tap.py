@@ -22,10 +22,9 @@ reports what it missed. --lossless makes it a lossless consumer (for recording i
 
 Examples:
 
+\b
   daq tap data.sensor1            # one source (never data.sensor10)
-
   daq tap data. stats.            # every source's data and every piece's stats
-
   daq tap --lossless data.digi | daq store raw -o run.raw
 """
 

@@ -6,11 +6,11 @@ import logging
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from enrgdaq_cli._common import errors, fail
+from enrgdaq_cli._common import error_line, errors, fail
 
 HELP = """Run a whole system from a directory of TOML files: broker, stores, sources.
 
@@ -29,13 +29,11 @@ Control it from another shell with `daq ctl`.
 
 Examples:
 
+\b
   daq up configs/examples
-
-  daq up configs/ --no-tty > up.log 2>&1
-
-  daq up configs/ --check          # validate and show the plan, start nothing
-
-  daq up configs/ --check --import-jobs   # also import custom job types (runs their code)
+  daq up configs/examples --no-tty > up.log 2>&1
+  daq up configs/examples --check  # validate and show the plan, start nothing
+  daq up configs/examples --check --import-jobs  # also import custom job types (runs their code)
 """
 
 
@@ -69,11 +67,6 @@ def _setup_logging(plan: Any, *, live: bool, recent: deque[str]) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(fmt)
     root.addHandler(handler)
-
-
-def _os_fail(exc: OSError) -> NoReturn:
-    """out_dir not writable, disk full: say what and where, not a traceback."""
-    fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
 
 def _describe_plan(plan: Any) -> None:
@@ -147,7 +140,7 @@ def up(
     try:
         _setup_logging(plan, live=live, recent=recent)
     except OSError as exc:
-        _os_fail(exc)
+        fail(error_line(exc))  # out_dir not writable, disk full: what and where
 
     def console(name: str, line: str) -> None:
         if " ERROR " in line or " WARNING " in line or "Traceback" in line:
@@ -180,5 +173,5 @@ def up(
             else:
                 code = sup.run()
     except OSError as exc:
-        _os_fail(exc)
+        fail(error_line(exc))  # out_dir not writable, disk full: what and where
     raise typer.Exit(code)

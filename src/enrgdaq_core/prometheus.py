@@ -27,7 +27,7 @@ PIECE = ("node", "piece")
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # as exposed (counters end in _total)
-    type: str  # counter or gauge
+    type: str  # counter, gauge or summary
     help: str
     labels: tuple[str, ...]
 
@@ -72,9 +72,10 @@ METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "daq_latency_seconds",
-        "gauge",
-        "End-to-end latency over the last interval (quantile 0.5, 0.99; 1 is the max).",
-        (*PIECE, "quantile"),
+        "summary",
+        "End-to-end latency: quantiles 0.5, 0.99 and 1 (the max) over the last interval; "
+        "_sum and _count since the piece started.",
+        PIECE,  # the quantile samples add `quantile`
     ),
     MetricSpec(
         "daq_queue_depth",
@@ -121,7 +122,23 @@ def _family(spec: MetricSpec) -> Metric:
     labels = list(spec.labels)
     if spec.type == "counter":
         return CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=labels)
+    if spec.type == "summary":
+        # the client's SummaryMetricFamily has no quantile samples: they are added by hand
+        return Metric(spec.name, spec.help, "summary")
     return GaugeMetricFamily(spec.name, spec.help, labels=labels)
+
+
+def _latency(fam: Metric, labels: dict[str, str], r: Any) -> None:
+    """A summary: quantile samples of the last interval, _sum/_count since the piece started.
+
+    Prometheus lints a `quantile` label on anything but a summary (`promtool check metrics`).
+    """
+    for q, ms in (("0.5", r.latency_p50_ms), ("0.99", r.latency_p99_ms), ("1", r.latency_max_ms)):
+        if ms is not None:
+            fam.add_sample(fam.name, {**labels, "quantile": q}, ms / 1e3)
+    if r.latency_count:
+        fam.add_sample(f"{fam.name}_sum", labels, r.latency_sum_ms / 1e3)
+        fam.add_sample(f"{fam.name}_count", labels, float(r.latency_count))
 
 
 class MonitorCollector(Collector):
@@ -167,12 +184,7 @@ class MonitorCollector(Collector):
         for source, lost in v.lost_by_source.items():
             put("daq_lost_messages_total", lost, source)
         put("daq_undecodable_messages_total", r.undecodable)
-        for q, ms in (
-            ("0.5", r.latency_p50_ms),
-            ("0.99", r.latency_p99_ms),
-            ("1", r.latency_max_ms),
-        ):
-            put("daq_latency_seconds", None if ms is None else ms / 1e3, q)
+        _latency(fam["daq_latency_seconds"], dict(zip(PIECE, lab, strict=True)), r)
         put("daq_queue_depth", r.queue)
         flush_ms = r.extra.get("flush_ms")
         if isinstance(flush_ms, int | float):

@@ -55,6 +55,8 @@ class StatsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
+    latency_count: int = 0  # delays measured since start (the percentiles' are per interval)
+    latency_sum_ms: float = 0.0  # their sum: with the count, the mean latency over any window
     queue: int = 0  # messages or rows waiting inside the piece
     restarts: int = 0
     cpu_percent: float = 0.0
@@ -97,6 +99,7 @@ class LatencyHistogram:
         self.counts = [0] * self.BUCKETS
         self._min = -1
         self._max = 0
+        self.sum_ns = 0
 
     def add_ns(self, ns: int) -> None:
         """Record one delay in nanoseconds (negative ones, from clock skew, count as 0)."""
@@ -107,6 +110,7 @@ class LatencyHistogram:
             shift = ns.bit_length() - 6  # SUB_BITS + 1
             i = (shift << 5) + (ns >> shift)
         self.counts[i] += 1
+        self.sum_ns += ns
         if ns > self._max:
             self._max = ns
         if ns < self._min or self._min < 0:
@@ -254,6 +258,8 @@ class Meter:
         "last_in_ns",
         "last_out_ns",
         "latency",
+        "latency_count",
+        "latency_sum_ns",
         "sequences",
         "extra",
         "_sampler",
@@ -271,6 +277,8 @@ class Meter:
         self.restarts = _restarts_from_env()
         self.last_in_ns = self.last_out_ns = 0
         self.latency = LatencyHistogram()
+        self.latency_count = 0  # totals since start, for a Prometheus summary's _count/_sum
+        self.latency_sum_ns = 0
         self.sequences = SequenceTracker()
         self.extra: dict[str, Any] = {}
         self._sampler = ProcessSampler()
@@ -301,6 +309,8 @@ class Meter:
         t0, mi, mo, bi, bo = self._last
         dt = max(now - t0, 1e-9)
         hist = self.latency
+        self.latency_count += hist.n
+        self.latency_sum_ns += hist.sum_ns
         if self.msgs_out != mo:
             self.last_out_ns = time.time_ns()
 
@@ -329,6 +339,8 @@ class Meter:
             latency_p50_ms=ms(hist.percentile(0.5)),
             latency_p99_ms=ms(hist.percentile(0.99)),
             latency_max_ms=ms(hist.max) if hist.n else None,
+            latency_count=self.latency_count,
+            latency_sum_ms=self.latency_sum_ns / 1e6,
             queue=self.queue,
             restarts=self.restarts,
             last_in_ns=self.last_in_ns,

@@ -6,7 +6,7 @@ the process (runs.json, stats histories, file names), it carries the UTC offset,
 stays unambiguous when read in another zone or across a daylight-saving change. Times inside
 messages and data files are never text: they are integer ns since the epoch (UTC).
 
-Set TZ (for example `TZ=UTC daq up configs/`) to have every piece write UTC instead.
+Set TZ (for example `TZ=UTC daq up configs/examples`) to have every piece write UTC instead.
 """
 
 from __future__ import annotations

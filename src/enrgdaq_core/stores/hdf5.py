@@ -13,6 +13,8 @@ for writing; `h5clear -s` removes that mark) with everything flushed. SWMR cover
 fixed-size data: variable-length columns (strings, lists) may not read while being written. SWMR forbids creating
 objects, so a new source or a schema change briefly closes and reopens the file.
 
+The file format is bounded to HDF5 1.10 (`LIBVER`): every HDF5 1.10 or later reads it.
+
 A schema change (a column added, removed or retyped) never touches the existing datasets: the
 rows go to a new group version `<name>_v2`, `<name>_v3`, ... A restarted store appends to
 the last version if its schema matches, else starts the next version; a file that was not
@@ -48,6 +50,10 @@ CHUNK_BYTES = 256 << 10  # the largest chunk of one dataset
 MIN_CHUNK_BYTES = 16 << 10  # the smallest: tiny chunks make a huge index and slow reads
 MAX_CHUNK_ROWS = 32768
 CACHE_BYTES = 64 << 20  # chunk cache per file: partly filled chunks stay in memory
+# The file format: objects no newer than HDF5 1.10 (the oldest with SWMR), so HDF5 1.10 and
+# later read every file; "latest" under h5py's bundled HDF5 2.0 writes layout messages that
+# h5dump 1.10 and PyTables cannot read.
+LIBVER = ("v110", "v110")
 
 
 def _row_bytes(plan: ColumnPlan) -> int:
@@ -97,7 +103,7 @@ class _H5File:
 
     def _open(self, mode: str) -> Any:
         return self._h5py.File(
-            self.path, mode, libver="latest", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=100_003
+            self.path, mode, libver=LIBVER, rdcc_nbytes=CACHE_BYTES, rdcc_nslots=100_003
         )
 
     def _enable_swmr(self) -> None:

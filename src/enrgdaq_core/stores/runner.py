@@ -389,7 +389,8 @@ class StoreRunner:
     def _add(self, slot: _Slot, env: Envelope) -> None:
         if self._envelopes:
             item: Any = env
-            rows = max(env.header.rows, 1)
+            # a raw payload counts as one row; the end-of-stream marker as none (it is no data)
+            rows = 0 if env.header.kind is Kind.EOS else max(env.header.rows, 1)
         else:
             item = env.table()
             rows = item.num_rows

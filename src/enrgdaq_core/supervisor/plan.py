@@ -196,9 +196,7 @@ def load_plan(
     address = _broker_address(broker, sup, sup_file or directory, issues)
     configs = _validate_files(_classify(files), issues, import_jobs=import_jobs)
     if not configs.jobs and not issues:
-        issues.append(
-            ConfigIssue(str(directory), "", "no source job configs (*.toml) in this directory")
-        )
+        issues.append(ConfigIssue(str(directory), "", _no_jobs(directory)))
     _route(configs, issues)
     for backend in sorted(set(configs.targets) - set(configs.store_files)):
         issues.extend(_check_store(backend, None, origin=configs.first_user[backend]))
@@ -219,6 +217,24 @@ def _toml_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise ConfigError([ConfigIssue(str(directory), "", "is not a directory")])
     return sorted(p for p in directory.glob("*.toml") if p.is_file())
+
+
+def _no_jobs(directory: Path) -> str:
+    """What to say for a directory without jobs: where job configs are, if they are below it
+    (`daq up configs/` when they live in configs/examples)."""
+    found: list[str] = []
+    for sub in sorted(p for p in [*directory.glob("*/"), *directory.glob("*/*/")] if p.is_dir()):
+        for path in sorted(sub.glob("*.toml")):
+            try:
+                if "daq_job_type" in read_toml(path):
+                    found.append(str(sub))
+                    break
+            except ConfigError:
+                continue
+    message = "no source job configs (*.toml with daq_job_type) in this directory"
+    if found:
+        message += f"; did you mean {' or '.join(found[:3])}?"
+    return message
 
 
 def _read_supervisor(
