@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from enrgdaq_cli import broker, ctl, job, replay, stats, store, tap, up
+from enrgdaq_cli import _common, broker, ctl, job, replay, stats, store, tap, up
 
 app = typer.Typer(
     name="daq",
@@ -18,6 +18,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    _common.check_node()  # a bad DAQ_NODE: one line, before any piece starts
+
 
 app.command("broker", help=broker.HELP, short_help="Run the pub/sub hub (XSUB in, XPUB out).")(
     broker.broker

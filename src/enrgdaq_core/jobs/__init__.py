@@ -21,6 +21,7 @@ from enrgdaq_core.config import (
     wrong_type_message,
 )
 from enrgdaq_core.jobs.base import Job
+from enrgdaq_core.names import BadName, check_name, check_tag
 
 # The built-in job types, in the order `daq job list` shows them: type_name -> class. A name
 # here must be its class's own `type_name` (tests check it); the seed's names a type answers
@@ -114,7 +115,27 @@ def load_job(
     except LookupError as exc:
         raise ConfigError([ConfigIssue(str(path), "daq_job_type", str(exc))]) from None
     config = convert(data, cls.Config, path)
-    return cls(config, name or config.name or path.stem)
+    return cls(config, _source_name(path, name, config))
+
+
+def _source_name(path: Path, name: str | None, config: Any) -> str:
+    """The job's source name (--name, `name`, else the file's stem), and its tag, checked
+    against the names rule (enrgdaq_core.names): both end up in topics and file names."""
+    issues: list[ConfigIssue] = []
+    chosen = name or config.name or path.stem
+    where = "--name" if name else ("name" if config.name else "")
+    try:
+        check_name("source", chosen)
+    except BadName as exc:
+        hint = "" if where else " (the file's name gives it; set `name`)"
+        issues.append(ConfigIssue(str(path), where, f"{exc}{hint}"))
+    try:
+        check_tag(config.tag)
+    except BadName as exc:
+        issues.append(ConfigIssue(str(path), "tag", str(exc)))
+    if issues:
+        raise ConfigError(issues)
+    return chosen
 
 
 __all__ = ["load_job", "names", "resolve"]
