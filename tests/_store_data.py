@@ -173,3 +173,22 @@ def start_feeder(
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+class ListInput:
+    """An input that hands out these envelopes, then ends (a runner fed in-process)."""
+
+    damage = None
+
+    def __init__(self, envs: list[Envelope]) -> None:
+        self.envs = list(envs)
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        from enrgdaq_core.channels import EndOfInput
+
+        if not self.envs:
+            raise EndOfInput
+        return self.envs.pop(0)
+
+    def close(self) -> None:
+        pass

@@ -78,16 +78,19 @@ _scalars = st.one_of(
     st.integers(*_INT64), st.booleans(), st.text(max_size=10), st.floats(allow_nan=False)
 )
 
+# names as enrgdaq_core.names allows them (a header with another is refused when decoded)
+names = st.from_regex(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,18}[A-Za-z0-9_-])?", fullmatch=True)
+
 headers = st.builds(
     Header,
     kind=st.sampled_from(list(Kind)),
-    source=st.text(max_size=20),
+    source=names,
     seq=st.integers(0, 2**64 - 1),
     time_ns=st.integers(0, 2**63 - 1),
     epoch=st.integers(0, 2**63 - 1),
     run=st.integers(0, 2**32),
-    tag=st.text(max_size=10),
-    node=st.text(max_size=10),
+    tag=st.just("") | names,
+    node=st.just("") | names,
     rows=st.integers(0, 2**40),
     store=st.dictionaries(
         st.sampled_from(store_names()),

@@ -187,7 +187,7 @@ def test_job_run_bad_config_exits_2_and_starts_nothing(procs: Procs, tmp_path: P
         "(expected one of: channels, daq_job_type, daq_job_unique_id, drift_per_hour, "
         "interval_seconds, mean, name, noise, remote_config, restart, rows_per_step, seed, "
         "store_config, tag, verbosity)",
-        f"daq: config error: {cfg}: interval_seconds: expected a number, got a string ('x')",
+        f"daq: config error: {cfg}: interval_seconds: expected a number >= 0 and <= 604800, got a string ('x')",
     ]
 
 

@@ -46,7 +46,9 @@ def test_unknown_key_without_a_close_match(tmp_path: Path) -> None:
 
 def test_wrong_type(tmp_path: Path) -> None:
     f = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\ninterval_seconds = "fast"\n')
-    assert errors_of(f) == [f"{f}: interval_seconds: expected a number, got a string ('fast')"]
+    assert errors_of(f) == [
+        f"{f}: interval_seconds: expected a number >= 0 and <= 604800, got a string ('fast')"
+    ]
 
 
 def test_every_error_of_a_file_in_file_order(tmp_path: Path) -> None:
@@ -61,7 +63,7 @@ def test_every_error_of_a_file_in_file_order(tmp_path: Path) -> None:
         "[store_config.parquet]\n",
     )
     assert errors_of(f) == [
-        f"{f}: channels: expected an integer >= 0, got a number (2.5)",
+        f"{f}: channels: expected an integer >= 0 and <= 4096, got a number (2.5)",
         f"{f}: verbosity: expected one of 'DEBUG', 'ERROR', 'INFO', 'WARNING', "
         "got a string ('debug')",
         f"{f}: store_config.csv.file_pat: unknown key, did you mean 'file_path'? "
@@ -130,7 +132,7 @@ def test_nested_optional_and_literal_values(tmp_path: Path) -> None:
         "remote_topic = 3\n",
     )
     assert errors_of(f) == [
-        f"{f}: store_config.redis.key_expiration_days: expected an integer, got a string ('x')",
+        f"{f}: store_config.redis.key_expiration_days: expected an integer > 0, got a string ('x')",
         f"{f}: store_config.root.compression_type: expected one of 'LZ4', 'LZMA', 'NONE', "
         "'ZLIB', 'ZSTD', got a string ('zstd')",
         f"{f}: remote_config.remote_topic: expected a string, got an integer (3)",
@@ -167,15 +169,15 @@ def test_job_values_out_of_range(tmp_path: Path) -> None:
         'daq_job_type = "digitizer"\nchannels = 0\nsamples = 0\nevent_rate = -5\nnoise = -1\n',
     )
     assert errors_of(f) == [
-        f"{f}: channels: expected an integer >= 1, got 0",
-        f"{f}: samples: expected an integer >= 1, got 0",
-        f"{f}: event_rate: expected a number > 0, got -5",
+        f"{f}: channels: expected an integer >= 1 and <= 256, got 0",
+        f"{f}: samples: expected an integer >= 1 and <= 1048576, got 0",
+        f"{f}: event_rate: expected a number > 0 and <= 1000000, got -5",
         f"{f}: noise: expected a number >= 0, got -1",
     ]
     g = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\nchannels = -1\nrows_per_step = 0\n')
     assert errors_of(g) == [
-        f"{g}: channels: expected an integer >= 0, got -1",
-        f"{g}: rows_per_step: expected an integer >= 1, got 0",
+        f"{g}: channels: expected an integer >= 0 and <= 4096, got -1",
+        f"{g}: rows_per_step: expected an integer >= 1 and <= 1000000, got 0",
     ]
 
 

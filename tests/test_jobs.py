@@ -210,7 +210,11 @@ def test_entry_point_cannot_shadow_a_builtin(
 def test_describe_lists_keys_defaults_and_hides_legacy() -> None:
     info = describe(SensorJob)
     assert info["keys"]["daq_job_type"] == {"type": "a string", "default": None, "required": True}
-    assert info["keys"]["channels"] == {"type": "an integer >= 0", "default": 4, "required": False}
+    assert info["keys"]["channels"] == {
+        "type": "an integer >= 0 and <= 4096",
+        "default": 4,
+        "required": False,
+    }
     assert info["keys"]["store_config"]["default"] == {}
     assert "remote_config" not in info["keys"] and "daq_job_unique_id" not in info["keys"]
     assert describe(SeedTestJob)["aliases"] == ["DAQJobTest"]

@@ -287,13 +287,16 @@ def test_schema_changes_open_new_parts(procs: Procs, tmp_path: Path) -> None:
 
 
 def test_overwrite_rewrites_and_default_appends(procs: Procs, tmp_path: Path) -> None:
-    def once(start: int, rows: int, **settings: object) -> None:
-        src = source("o", "csv", file_path="o.csv", **settings)
+    """The store's own `-O overwrite=true` rewrites (a header's `overwrite` never does:
+    test_store_confine.py)."""
+
+    def once(start: int, rows: int, *store_args: str) -> None:
+        src = source("o", "csv", file_path="o.csv")
         stream = write_stream(tmp_path / "in.daq", envelopes(src, [sample_table(start, rows)]))
-        run_store(procs, "csv", stream)
+        run_store(procs, "csv", stream, *store_args)
 
     once(0, 100)
-    once(100, 50, overwrite=True)
+    once(100, 50, "-O", "overwrite=true")
     check_rows(read_csv(tmp_path / "o.csv"), 100, 50)
     once(150, 50)
     check_rows(read_csv(tmp_path / "o.csv"), 100, 100)

@@ -177,16 +177,17 @@ def test_schema_changes_make_tree_versions(procs: Procs, tmp_path: Path) -> None
 
 
 def test_two_sources_one_file_and_overwrite(procs: Procs, tmp_path: Path) -> None:
-    def once(start: int, **settings: Any) -> None:
-        one = source("one", "root", file_path="both.root", **settings)
-        two = source("two", "root", file_path="both.root", **settings)
+    def once(start: int, *store_args: str) -> None:
+        one = source("one", "root", file_path="both.root")
+        two = source("two", "root", file_path="both.root")
         envs = []
         for s, n in chunks(200, [20]):
             envs += [one.table(sample_table(start + s, n)), two.table(sample_table(start + s, n))]
-        run_store(procs, "root", write_stream(tmp_path / "in.daq", envs), "--flush-rows", "50")
+        stream = write_stream(tmp_path / "in.daq", envs)
+        run_store(procs, "root", stream, "--flush-rows", "50", *store_args)
 
     once(0)
-    once(1000, overwrite=True)
+    once(1000, "-O", 'overwrite_sources=["one", "two"]')  # what daq up passes
     with uproot.open(tmp_path / "both.root") as f:
         assert sorted(f.keys(cycle=False)) == ["one", "two"]
         check_tree(f["one"], 1000, 200)

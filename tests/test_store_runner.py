@@ -10,8 +10,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pytest
 
-from _store_data import sample_table
-from enrgdaq_core.channels import EndOfInput
+from _store_data import ListInput, sample_table
 from enrgdaq_core.envelope import Envelope, Kind, Source
 from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.store_config import CSVStoreConfig
@@ -29,11 +28,11 @@ from enrgdaq_core.stores.paths import (
     file_path,
     next_part,
     open_series,
-    parse_period,
     parts,
     split_name,
 )
 from enrgdaq_core.stores.runner import StoreRunner
+from enrgdaq_core.timefmt import parse_period
 
 
 class Recorder(TableWriter):
@@ -91,21 +90,6 @@ class RecordingBackend(TableBackend):
 
     def rows(self) -> list[int]:
         return [v for w in self.writers for t in w.tables for v in t["i64"].to_pylist()]
-
-
-class ListInput:
-    damage = None
-
-    def __init__(self, envs: list[Envelope]) -> None:
-        self.envs = list(envs)
-
-    def recv(self, timeout: float | None = None) -> Envelope | None:
-        if not self.envs:
-            raise EndOfInput
-        return self.envs.pop(0)
-
-    def close(self) -> None:
-        pass
 
 
 def i64(start: int, rows: int) -> list[int]:
@@ -235,12 +219,24 @@ def test_bad_and_wrong_kind_messages(tmp_path: Path) -> None:
 
 
 def test_overwrite_applies_once_per_file(tmp_path: Path) -> None:
-    runner, be = make(tmp_path, flush_rows=1)
-    src = Source("s", store={"csv": {"file_path": "o.rec", "overwrite": True}})
+    """The store's own `overwrite_sources` truncates a source's file once per process."""
+    runner, be = make(tmp_path, flush_rows=1, overwrite_sources=["s"])
+    src = Source("s", store={"csv": {"file_path": "o.rec"}})
     runner.handle(src.table(sample_table(0, 1)))
     runner.handle(src.end_of_stream())
     runner.handle(src.table(sample_table(1, 1)))  # the source is back: same file, appended
     assert [d.overwrite for d in be.opened] == [True, False]
+
+
+def test_overwrite_from_a_header_is_ignored(tmp_path: Path) -> None:
+    """A message cannot make a store truncate a file: only the store's own settings can."""
+    runner, be = make(tmp_path, flush_rows=1)
+    src = Source("s", store={"csv": {"file_path": "o.rec", "overwrite": True}})
+    runner.handle(src.table(sample_table(0, 1)))
+    assert [d.overwrite for d in be.opened] == [False]
+    flagged = StoreRunner(be, name="t", settings_override={"overwrite": True})  # -O overwrite
+    flagged.handle(src.table(sample_table(1, 1)))
+    assert [d.overwrite for d in be.opened] == [False, True]
 
 
 def test_schema_change_asks_the_writer(tmp_path: Path) -> None:

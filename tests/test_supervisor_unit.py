@@ -132,7 +132,7 @@ def test_bad_directory_reports_every_error(tmp_path: Path, env: dict[str, str]) 
     lines = [str(i) for i in info.value.issues]
     assert lines == [
         f"{d}/supervisor.toml: restart.initial_delay: expected a number >= 0, got -1",
-        f"{d}/a.toml: channels: expected an integer >= 0, got a string ('four')",
+        f"{d}/a.toml: channels: expected an integer >= 0 and <= 4096, got a string ('four')",
         f"{d}/b.toml: daq_job_type: unknown store type 'DAQJobStoreFoo' (known: "
         "DAQJobStoreCSV, DAQJobStoreROOT, DAQJobStoreHDF5, DAQJobStoreMySQL, "
         "DAQJobStoreRedis, DAQJobStoreRaw)",

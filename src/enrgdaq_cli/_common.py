@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from enrgdaq_core.config import ConfigError
+from enrgdaq_core.names import BadName, check_name, check_topic
 from enrgdaq_core.transport import AddressError, BrokerAddress, RuntimeDirError
 
 BrokerOpt = Annotated[
@@ -100,6 +101,32 @@ def broker_address(value: str | None) -> BrokerAddress:
         fail(str(exc), EXIT_USAGE)
     except RuntimeDirError as exc:
         fail(str(exc))
+
+
+def checked_name(kind: str, value: str, option: str) -> str:
+    """A source or piece name given on the command line (the names rule), or exit 2."""
+    try:
+        return check_name(kind, value)
+    except BadName as exc:
+        fail(f"{option}: {exc}", EXIT_USAGE)
+
+
+def checked_topics(values: list[str] | None, option: str) -> list[str] | None:
+    """Topic patterns given on the command line (no NUL, `*` only at the end), or exit 2."""
+    try:
+        return None if values is None else [check_topic(v) for v in values]
+    except BadName as exc:
+        fail(f"{option}: {exc}", EXIT_USAGE)
+
+
+def check_node() -> None:
+    """Refuse a DAQ_NODE that is not a valid node name, before any piece stamps it."""
+    from enrgdaq_core.envelope import node_name
+
+    try:
+        node_name()
+    except BadName as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 @contextmanager

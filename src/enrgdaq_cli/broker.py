@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, setup_logging
+from enrgdaq_cli._common import BrokerOpt, broker_address, checked_name, setup_logging
 
 HELP = """Run the pub/sub hub that sources publish to and stores subscribe from.
 
@@ -29,6 +29,7 @@ def broker(
     from enrgdaq_core.broker import Broker
     from enrgdaq_core.signals import stop_on_signals
 
+    checked_name("piece", name, "--name")
     setup_logging(name=name)
     addr = broker_address(address)
     b = Broker(addr, name=name, hwm=hwm)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, errors, fail
+from enrgdaq_cli._common import BrokerOpt, broker_address, checked_name, errors, fail
 
 app = typer.Typer(
     help="""Control a running `daq up`: status, restart/stop/start a piece, next run, logs.
@@ -93,6 +93,7 @@ def status(
 def _piece_command(
     cmd: str, job: str, control: str | None, address: str | None, *, j: bool, t: float
 ) -> None:
+    checked_name("piece", job, "JOB")
     _say(_ask(_endpoint(control, address), cmd, t, job=job), j)
 
 
@@ -159,6 +160,7 @@ def logs(
 
     Example: daq ctl logs sensor1 -f
     """
+    checked_name("piece", job, "JOB")
     endpoint = _endpoint(control, address)
     answer = _ask(endpoint, "logs", timeout, job=job, lines=lines)
     if json_out and not follow:

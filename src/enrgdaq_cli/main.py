@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from enrgdaq_cli import broker, ctl, job, replay, stats, store, tap, up
+from enrgdaq_cli import _common, broker, ctl, job, replay, stats, store, tap, up
 from enrgdaq_cli._common import DEBUG_ENV, EXIT_FAILURE, debug, error_line, quiet_stdout
 
 
@@ -73,6 +73,7 @@ def _options(
 ) -> None:
     if debug_flag:
         os.environ[DEBUG_ENV] = "1"  # the processes `daq up` starts inherit it
+    _common.check_node()  # a bad DAQ_NODE: one line, before any piece starts
 
 
 app.command("broker", help=broker.HELP, short_help="Run the pub/sub hub (XSUB in, XPUB out).")(

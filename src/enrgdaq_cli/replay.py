@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from enrgdaq_cli._common import EXIT_USAGE, BrokerOpt, broker_address, errors, fail
+from enrgdaq_cli._common import (
+    EXIT_USAGE,
+    BrokerOpt,
+    broker_address,
+    checked_name,
+    checked_topics,
+    errors,
+    fail,
+)
 
 if TYPE_CHECKING:
     from enrgdaq_core.replay import Progress
@@ -255,8 +263,12 @@ def replay(
 
     if json_out and not info:
         fail("--json goes with --info", EXIT_USAGE)
-    if speed < 0:
+    if not speed >= 0:  # nan too
         fail("--speed must be 0 (as fast as possible) or positive", EXIT_USAGE)
+    topics = checked_topics(topics, "--topic")
+    wait_for = checked_topics(wait_for, "--wait-for")
+    for source in sources or []:
+        checked_name("source", source, "--source")
 
     with errors():
         try:

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, errors, fail, setup_logging
+from enrgdaq_cli._common import (
+    BrokerOpt,
+    broker_address,
+    checked_name,
+    checked_topics,
+    errors,
+    fail,
+    setup_logging,
+)
 from enrgdaq_core.stores import names as store_names
 from enrgdaq_core.stores import process_names
 
@@ -124,6 +132,9 @@ def store(
     from enrgdaq_core.stores.runner import StoreRunner
     from enrgdaq_core.transport import TelemetryPublisher
 
+    topics = checked_topics(topics, "--from")
+    if name is not None:
+        checked_name("piece", name, "--name")
     with errors():
         flags = {"out_dir": out_dir, "flush_rows": flush_rows, "flush_seconds": flush_seconds}
         be, overrides = build_backend(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from enrgdaq_cli._common import BrokerOpt, broker_address, errors
+from enrgdaq_cli._common import BrokerOpt, broker_address, checked_topics, errors
 
 if TYPE_CHECKING:
     from enrgdaq_core.channels import StreamOutput
@@ -49,6 +49,7 @@ def tap(
     from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.tap import tap as run_tap
 
+    topics = checked_topics(topics, "TOPICS")
     addr = broker_address(address)
     stream = output == "-" or (output is None and stdout_is_pipe())
     stop = stop_on_signals(watch_parent=False)  # a monitor run by hand

@@ -7,6 +7,7 @@ before anything starts (the supervisor reports a whole directory at once).
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "read_toml",
     "to_toml_dict",
     "unknown_key_message",
+    "validation_issue",
     "wrong_type_message",
 ]
 
@@ -101,10 +103,14 @@ def _describe(t: mi.Type) -> str:
 
 
 def _bounds(t: mi.IntType | mi.FloatType) -> str:
-    limits = [f">= {t.ge}" if t.ge is not None else "", f"> {t.gt}" if t.gt is not None else ""]
-    limits += [f"<= {t.le}" if t.le is not None else "", f"< {t.lt}" if t.lt is not None else ""]
-    shown = " and ".join(x for x in limits if x)
+    bounds = ((">=", t.ge), (">", t.gt), ("<=", t.le), ("<", t.lt))
+    shown = " and ".join(f"{op} {_number(v)}" for op, v in bounds if v is not None)
     return f" {shown}" if shown else ""
+
+
+def _number(value: float) -> str:
+    """`604800`, not `604800.0`; `0.5` as it is."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def _within(value: float, t: mi.IntType | mi.FloatType) -> bool:
@@ -171,11 +177,15 @@ def _check(value: Any, t: mi.Type, key: str, issues: list[tuple[str, str]]) -> N
             number = int | float if isinstance(t, mi.FloatType) else int
             if isinstance(value, bool) or not isinstance(value, number):
                 wrong()
+            elif not math.isfinite(value):  # TOML's nan and inf: never a meaningful setting
+                issues.append((key, f"expected a finite number{_bounds(t)}, got {value}"))
             elif not _within(value, t):
                 issues.append((key, f"expected {_describe(t)}, got {value}"))
         case mi.StrType():
             if not isinstance(value, str):
                 wrong()
+            elif "\x00" in value:  # a NUL would end a topic, a path or a C string early
+                issues.append((key, f"expected a string without NUL bytes, got {_show(value)}"))
         case mi.LiteralType():
             if value not in t.values:
                 wrong()
@@ -252,8 +262,17 @@ def convert(data: Mapping[str, Any], type_: type[_T], file: str | Path) -> _T:
         raise ConfigError(issues)
     try:
         return msgspec.convert(data, type_, strict=False)
-    except msgspec.ValidationError as exc:  # a constraint our walk does not model
-        raise ConfigError([ConfigIssue(str(file), "", str(exc))]) from None
+    except msgspec.ValidationError as exc:  # a struct's own check (__post_init__), or the like
+        raise ConfigError([validation_issue(exc, file)]) from None
+
+
+def validation_issue(exc: msgspec.ValidationError, file: str | Path) -> ConfigIssue:
+    """msgspec's `message - at `$.a.b[0]`` as an issue with the key `a.b[0]`."""
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `$")
+    if not sep or not where.endswith("`"):
+        return ConfigIssue(str(file), "", text)
+    return ConfigIssue(str(file), where[:-1].lstrip("."), message)
 
 
 def load(path: str | Path, type_: type[_T]) -> _T:

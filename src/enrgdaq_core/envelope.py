@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from enrgdaq_core.names import BadName, check_name, host_node
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -122,6 +124,7 @@ def decode_header(data: bytes | memoryview) -> Header:
         header = _header_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EnvelopeError(f"undecodable header: {exc}") from None
+    _check_names(header)
     if header.v > HEADER_VERSION:
         raise EnvelopeError(
             f"header version {header.v} is newer than this reader ({HEADER_VERSION})"
@@ -134,6 +137,24 @@ def decode_header(data: bytes | memoryview) -> Header:
             "which this reader does not support"
         )
     return header
+
+
+_good_names: set[str] = set()  # names already checked (a consumer sees a few, many times)
+
+
+def _check_names(header: Header) -> None:
+    """A header's source, tag and node must be names (enrgdaq_core.names): they end up in
+    file names and topics, so a forged `../x` or NUL is refused here, once for every reader."""
+    for kind, value in (("source", header.source), ("tag", header.tag), ("node", header.node)):
+        if value in _good_names or (not value and kind != "source"):
+            continue
+        try:
+            check_name(kind, value)
+        except BadName as exc:
+            raise EnvelopeError(f"{exc} in a header") from None
+        if len(_good_names) >= 4096:
+            _good_names.clear()
+        _good_names.add(value)
 
 
 def topic_frame(topic: str) -> bytes:
@@ -239,12 +260,22 @@ class Envelope:
         return cls(parse_topic(frames[0]), decode_header(frames[1]), frames[2])
 
 
-_NODE = os.environ.get("DAQ_NODE") or socket.gethostname()
+_NODE = ""  # node_name(), once it was asked for
 _encode_table_view: Any = None  # tables.encode_table_view, bound on the first table sent
 
 
 def node_name() -> str:
-    """This host's name in headers and stats: `DAQ_NODE`, else the hostname."""
+    """This host's name in headers and stats: `DAQ_NODE` (BadName if it is not a valid name),
+    else the hostname made into one (`names.host_node`: never fails)."""
+    global _NODE
+    if not _NODE:
+        env = os.environ.get("DAQ_NODE")
+        if env:
+            try:
+                check_name("node", env)
+            except BadName as exc:
+                raise BadName(f"DAQ_NODE: {exc}") from None
+        _NODE = env or host_node(socket.gethostname())
     return _NODE
 
 
@@ -285,6 +316,7 @@ class Source:
         self.store = store or {}
         self.epoch = time.time_ns()
         self.seq = 0
+        self.node = node_name()
 
     def _header(self, kind: Kind, rows: int = 0) -> Header:
         header = Header(
@@ -295,7 +327,7 @@ class Source:
             epoch=self.epoch,
             run=self.run,
             tag=self.tag,
-            node=_NODE,
+            node=self.node,
             rows=rows,
             store=self.store,
         )

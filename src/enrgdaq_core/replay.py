@@ -30,7 +30,6 @@ from enrgdaq_core.runfile import (
     resync,
 )
 from enrgdaq_core.stats import SequenceTracker
-from enrgdaq_core.stores.paths import parse_period
 from enrgdaq_core.stream import Record, StreamDamage, StreamReader
 
 if TYPE_CHECKING:
@@ -101,7 +100,7 @@ def parse_position(text: str) -> Position:
         value = low.lstrip("+")
         if float(value.rstrip("smhd") or 0) == 0:
             return Position(seconds=0.0)
-        return Position(seconds=parse_period(value))
+        return Position(seconds=timefmt.parse_period(value))
     m = _CLOCK.fullmatch(t)
     if m:
         hours, minutes, seconds = int(m[1]), int(m[2]), float(m[3] or 0)

@@ -11,7 +11,7 @@ from it. This module imports only msgspec, so `daq --help` and config loading st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -30,16 +30,36 @@ __all__ = [
 ]
 
 
-class _FileStore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Keys every file backend takes (docs/stores.md: file names, rotation, batching)."""
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Megabytes = Annotated[float, msgspec.Meta(ge=0)]
 
-    file_path: str = ""  # empty: "<source>.<ext>" in the working directory
+
+class _FileStore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Keys every file backend takes (docs/stores.md: file names, rotation, batching).
+
+    `file_path` from a message header stays inside the store's out_dir and `overwrite` from
+    a header is ignored (docs/stores.md, Header settings are confined).
+    """
+
+    file_path: str = ""  # empty: "<source>.<ext>" in the store's out_dir
     add_date: bool = False
-    overwrite: bool = False
+    overwrite: bool = False  # honoured from the store's own settings only
     rotate: str = ""  # time period: "30m", "1h", "1d"; empty: never
-    rotate_mb: float = 0.0  # size limit per file; 0: never
-    flush_rows: int = 0  # 0: the backend's default
-    flush_seconds: float = 0.0
+    rotate_mb: Megabytes = 0.0  # size limit per file; 0: never
+    flush_rows: Count = 0  # 0: the backend's default
+    flush_seconds: Seconds = 0.0
+
+    def __post_init__(self) -> None:
+        # checked here, so a bad period is refused by the config loader and in a header,
+        # not after the first write
+        if self.rotate:
+            from enrgdaq_core.timefmt import parse_period
+
+            try:
+                parse_period(self.rotate)
+            except ValueError as exc:
+                raise ValueError(f"rotate: {exc}") from None
 
 
 class CSVStoreConfig(_FileStore):
@@ -54,7 +74,19 @@ class ROOTStoreConfig(_FileStore):
 
     tree_name: str = ""  # empty: the source name
     compression_type: Literal["ZSTD", "ZLIB", "LZ4", "LZMA", "NONE"] = "ZSTD"
-    compression_level: int = 5
+    compression_level: Annotated[int, msgspec.Meta(ge=0)] = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        top = _ROOT_LEVELS.get(self.compression_type)
+        if top is not None and self.compression_level > top:
+            raise ValueError(
+                f"compression_level: expected 0 to {top} for {self.compression_type}, "
+                f"got {self.compression_level}"
+            )
+
+
+_ROOT_LEVELS = {"ZSTD": 22, "ZLIB": 9, "LZ4": 12, "LZMA": 9}  # uproot's ranges
 
 
 class HDF5StoreConfig(_FileStore):
@@ -76,8 +108,8 @@ class MySQLStoreConfig(
     """`[store_config.mysql]`: the table and how timestamps and lists are stored."""
 
     table_name: str = ""
-    flush_rows: int = 0
-    flush_seconds: float = 0.0
+    flush_rows: Count = 0
+    flush_seconds: Seconds = 0.0
     # auto: ns timestamps as BIGINT ns (exact), coarser ones as DATETIME(6) (exact)
     timestamp_type: Literal["auto", "datetime", "bigint"] = "auto"
     list_type: Literal["blob", "json"] = "blob"  # numeric lists (waveforms): packed or JSON
@@ -89,10 +121,10 @@ class RedisStoreConfig(
     """`[store_config.redis]`: the key, its expiry and the layout (lists, timeseries, stream)."""
 
     key: str = ""
-    key_expiration_days: int | None = None
+    key_expiration_days: Annotated[int, msgspec.Meta(gt=0)] | None = None
     use_timeseries: bool | None = None
-    flush_rows: int = 0
-    flush_seconds: float = 0.0
+    flush_rows: Count = 0
+    flush_seconds: Seconds = 0.0
     # "lists": the seed's RPUSH per column; "timeseries": RedisTimeSeries (what
     # use_timeseries = true asks for); "stream": one Redis stream per source, ids = row time
     # in ms, range-queried with XRANGE on plain Redis (no module)
@@ -105,8 +137,8 @@ class MemoryStoreConfig(
 ):
     """The in-process store (`enrgdaq_core.stores.memory`): batching only, it has no files."""
 
-    flush_rows: int = 0  # 0: every message is readable as soon as the runner handled it
-    flush_seconds: float = 0.0
+    flush_rows: Count = 0  # 0: every message is readable as soon as the runner handled it
+    flush_seconds: Seconds = 0.0
 
 
 @dataclass(frozen=True, slots=True)

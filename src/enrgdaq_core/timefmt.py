@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import time as _time
 
-__all__ = ["clock", "date", "iso", "name_stamp", "stamp", "to_ns"]
+__all__ = ["clock", "date", "iso", "name_stamp", "parse_period", "stamp", "to_ns"]
 
 
 def _local(ns: int | None) -> _dt.datetime:
@@ -61,3 +61,20 @@ def to_ns(moment: _dt.datetime) -> int:
         moment = moment.astimezone()
     epoch = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
     return (moment - epoch) // _dt.timedelta(microseconds=1) * 1000
+
+
+def parse_period(text: str) -> float:
+    """`30s`, `15m`, `1h`, `1d` -> seconds; empty -> 0 (never); ValueError otherwise."""
+    text = text.strip()
+    if not text:
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    unit = text[-1].lower()
+    number = text[:-1] if unit in units else text
+    try:
+        value = float(number) * units.get(unit, 1)
+    except ValueError:
+        raise ValueError(f"expected a period like 30s, 15m, 1h or 1d, got {text!r}") from None
+    if not value > 0 or value == float("inf"):  # nan, inf, 0 and negatives
+        raise ValueError(f"expected a positive period, got {text!r}")
+    return value

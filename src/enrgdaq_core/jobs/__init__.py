@@ -27,6 +27,7 @@ from enrgdaq_core.config import (
     wrong_type_message,
 )
 from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.names import BadName, check_name, check_tag
 
 # The built-in job types, in the order `daq job list` shows them: type_name -> class. A name
 # here must be its class's own `type_name` (tests check it); the seed's names a type answers
@@ -144,13 +145,33 @@ def load_job(
         # the keys every job has, checked as strictly as ever; the type's own left alone
         keys = {f.encode_name for f in msgspec.structs.fields(JobConfig)}
         common = convert({k: v for k, v in data.items() if k in keys}, JobConfig, path)
-        return UncheckedJob(common, name or common.name or path.stem)
+        return UncheckedJob(common, _source_name(path, name, common))
     try:
         cls = resolve(type_name)
     except LookupError as exc:
         raise ConfigError([ConfigIssue(str(path), "daq_job_type", str(exc))]) from None
     config = convert(data, cls.Config, path)
-    return cls(config, name or config.name or path.stem)
+    return cls(config, _source_name(path, name, config))
+
+
+def _source_name(path: Path, name: str | None, config: Any) -> str:
+    """The job's source name (--name, `name`, else the file's stem), and its tag, checked
+    against the names rule (enrgdaq_core.names): both end up in topics and file names."""
+    issues: list[ConfigIssue] = []
+    chosen = name or config.name or path.stem
+    where = "--name" if name else ("name" if config.name else "")
+    try:
+        check_name("source", chosen)
+    except BadName as exc:
+        hint = "" if where else " (the file's name gives it; set `name`)"
+        issues.append(ConfigIssue(str(path), where, f"{exc}{hint}"))
+    try:
+        check_tag(config.tag)
+    except BadName as exc:
+        issues.append(ConfigIssue(str(path), "tag", str(exc)))
+    if issues:
+        raise ConfigError(issues)
+    return chosen
 
 
 __all__ = ["UncheckedJob", "is_custom", "load_job", "names", "resolve"]

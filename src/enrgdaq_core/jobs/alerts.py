@@ -19,7 +19,7 @@ for people go to the log and to the webhooks, through the hold-off. See docs/met
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -32,7 +32,7 @@ from enrgdaq_core.alerts import (
     log_alert,
 )
 from enrgdaq_core.envelope import Kind, Source, node_name
-from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.jobs.base import Job, JobConfig, Paced
 from enrgdaq_core.monitor import STALE_AFTER, Monitor, StatsFeed
 from enrgdaq_core.transport import BrokerAddress, TelemetryPublisher
 
@@ -40,9 +40,11 @@ log = logging.getLogger("enrgdaq.alerts")
 
 
 class AlertsConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
-    interval_seconds: float = 0.5
-    hold_off_seconds: float = 300.0
-    stale_after_seconds: float = STALE_AFTER  # when a silent piece counts as stale (rates: 0)
+    interval_seconds: Paced = 0.5  # evaluating back to back would only burn a core
+    hold_off_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    stale_after_seconds: Annotated[float, msgspec.Meta(gt=0)] = (
+        STALE_AFTER  # when a silent piece counts as stale (rates: 0)
+    )
     alert: list[AlertRule] = msgspec.field(default_factory=list)
     webhook: list[WebhookConfig] = msgspec.field(default_factory=list)
 

@@ -7,13 +7,20 @@ stamps, publishes, paces, reports and stops it. docs/extending.md shows a whole 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from enrgdaq_core.store_config import StoreConfig
 
-__all__ = ["Job", "JobConfig", "RemoteConfig", "as_outputs"]
+__all__ = ["MAX_INTERVAL", "Interval", "Job", "JobConfig", "Paced", "RemoteConfig", "as_outputs"]
+
+MAX_INTERVAL = 7 * 86400.0
+"""The longest `interval_seconds` (a week): longer waits overflow the platform's timers."""
+Interval = Annotated[float, msgspec.Meta(ge=0, le=MAX_INTERVAL)]
+"""`interval_seconds` of a job whose step may block (0: back to back)."""
+Paced = Annotated[float, msgspec.Meta(gt=0, le=MAX_INTERVAL)]
+"""`interval_seconds` of a job whose step returns at once: 0 would run it unpaced."""
 
 if TYPE_CHECKING:
     from enrgdaq_core.transport import BrokerAddress
@@ -36,8 +43,9 @@ class JobConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - `daq_job_type`: the job type: a built-in (`sensor`), a seed name (`DAQJobTest`), an
       `enrgdaq.jobs` entry point, or `module:Class`.
     - `name`: the source name, in topics (`data.<name>`) and headers; default the file's stem.
-    - `interval_seconds`: seconds between the starts of two steps; 0 runs steps back to back
-      (a digitizer whose `step` blocks until its next trigger).
+    - `interval_seconds`: seconds between the starts of two steps, finite, 0 to one week; 0
+      runs steps back to back (a digitizer whose `step` blocks until its next trigger). A job
+      type whose `step` does not block makes it `Paced` (> 0).
     - `tag`: a label stamped on every message (stores may put it in file names).
     - `verbosity`: the job's log level.
     - `restart`: what `daq up` does when the process exits: always, on-failure, never.
@@ -48,7 +56,7 @@ class JobConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     daq_job_type: str
     name: str = ""  # default: the config file's stem
-    interval_seconds: float = msgspec.field(default=1.0)
+    interval_seconds: Interval = 1.0
     tag: str = ""
     verbosity: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     restart: Literal["always", "on-failure", "never"] = "always"

@@ -7,14 +7,18 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.jobs.base import Job, JobConfig, Paced
+
+MAX_CHANNELS = 256
+MAX_SAMPLES = 1 << 20
+MAX_STEP_SAMPLES = 1 << 26  # samples made per step: bounds one step's memory (~0.5 GB)
 
 
 class DigitizerConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
-    interval_seconds: float = 0.01
-    channels: Annotated[int, msgspec.Meta(ge=1)] = 4
-    samples: Annotated[int, msgspec.Meta(ge=1)] = 1024
-    event_rate: Annotated[float, msgspec.Meta(gt=0)] = (
+    interval_seconds: Paced = 0.01  # its step does not block: 0 would run it unpaced
+    channels: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHANNELS)] = 4
+    samples: Annotated[int, msgspec.Meta(ge=1, le=MAX_SAMPLES)] = 1024
+    event_rate: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = (
         100.0  # events per second; spread over steps of interval_seconds
     )
     baseline: int = 1000
@@ -22,6 +26,16 @@ class DigitizerConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
     noise: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     output: Literal["table", "raw"] = "table"
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        per_step = (self.event_rate * self.interval_seconds + 1) * self.channels * self.samples
+        if per_step > MAX_STEP_SAMPLES:
+            raise ValueError(
+                f"event_rate: {self.event_rate:g} events/s x interval_seconds "
+                f"{self.interval_seconds:g} x channels {self.channels} x samples "
+                f"{self.samples} is {per_step:.3g} samples per step, expected at most "
+                f"{MAX_STEP_SAMPLES} (lower one of them)"
+            )
 
 
 class DigitizerJob(Job):

@@ -12,11 +12,11 @@ from enrgdaq_core.jobs.base import Job, JobConfig
 
 
 class SensorConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
-    channels: Annotated[int, msgspec.Meta(ge=0)] = 4
+    channels: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 4  # columns of one table
     mean: float = 20.0
     noise: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     drift_per_hour: float = 0.0
-    rows_per_step: Annotated[int, msgspec.Meta(ge=1)] = 1
+    rows_per_step: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
     seed: int | None = None
 
 

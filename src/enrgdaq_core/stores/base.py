@@ -43,13 +43,29 @@ class StoreOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     daq_job_type: str = ""
     out_dir: str = ""  # relative file paths are resolved here; empty: the working directory
-    flush_rows: int = 0  # 0: the backend's default
-    flush_seconds: float = 0.0
-    flush_mb: float = 0.0  # write once the buffered rows take this much memory; 0: default
+    # A `file_path` from a message header must resolve inside out_dir (no `..`, no absolute
+    # path, no symlink out); true lets headers name any path (trusted sources only).
+    allow_outside_out_dir: bool = False
+    # Sources whose files this store truncates when it first opens them: `overwrite` of a
+    # message header is never honoured (`daq up` fills this from the sources' own configs).
+    overwrite_sources: list[str] = []
+    flush_rows: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: the backend's default
+    flush_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # write once the buffered rows take this much memory; 0: default
+    flush_mb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # beyond these, stop reading (backpressure), never drop; 0 would stop reading for good
     max_pending_rows: Annotated[int, msgspec.Meta(gt=0)] = 1_000_000
     max_pending_mb: Annotated[float, msgspec.Meta(gt=0)] = 1024.0  # for wide rows (waveforms)
     verbosity: str = "INFO"
+
+    def __post_init__(self) -> None:
+        from enrgdaq_core.names import check_name
+
+        for i, source in enumerate(self.overwrite_sources):
+            try:
+                check_name("source", source)
+            except ValueError as exc:
+                raise ValueError(f"overwrite_sources[{i}]: {exc}") from None
 
 
 class StoreUnavailable(ConnectionError):

@@ -6,8 +6,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from enrgdaq_core.config import ConfigError, ConfigIssue, convert, read_toml
 from enrgdaq_core.stores import SEED_STORE_TYPES, backend_class, process_refusal
 from enrgdaq_core.stores.base import Backend
@@ -78,10 +76,7 @@ def build_backend(
         raise ConfigError(issues)
     options = convert(data, cls.Options, origin)
     if overrides:
-        try:
-            msgspec.convert(overrides, cls.Settings)
-        except msgspec.ValidationError as exc:
-            raise ConfigError([ConfigIssue("-O", "", str(exc))]) from None
+        convert(overrides, cls.Settings, "-O")  # the same checks as the sources' configs
     backend = cls(options)
     # check() may then refuse at start what the server cannot do (a missing Redis module)
     backend.overrides = dict(overrides)  # type: ignore[attr-defined]

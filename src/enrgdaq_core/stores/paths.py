@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ __all__ = [
     "latest_part",
     "next_part",
     "open_series",
-    "parse_period",
+    "outside",
     "part_path",
     "parts",
     "split_name",
@@ -39,26 +38,8 @@ COMPRESSED = (".zst", ".gz", ".bz2", ".xz", ".lz4")
 _PART = re.compile(r"^(?P<stem>.*)_part(?P<n>\d{3,})$")
 
 
-class _Fields(dict):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
-def parse_period(text: str) -> float:
-    """`30s`, `15m`, `1h`, `1d` -> seconds; empty -> 0 (never)."""
-    text = text.strip()
-    if not text:
-        return 0.0
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    unit = text[-1].lower()
-    number = text[:-1] if unit in units else text
-    try:
-        value = float(number) * units.get(unit, 1)
-    except ValueError:
-        raise ValueError(f"expected a period like 30s, 15m, 1h or 1d, got {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"expected a positive period, got {text!r}")
-    return value
+_PLACEHOLDER = re.compile(r"\{(source|run|tag|date)\}")
+_MAX_COMPONENT = 255  # bytes of one file name on Linux, macOS and Windows file systems
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -111,14 +92,16 @@ def file_path(
 ) -> Path:
     """The file for one source.
 
-    Placeholders `{source}`, `{run}` (zero-padded to 6), `{tag}`, `{date}` are filled; with
-    `add_date` the date goes before the extension (`sensor_2026-11-25.csv`); a rotating store
-    adds the opening time (`sensor_20261125T143000Z.csv`), so parts sort in time order.
+    Placeholders `{source}`, `{run}` (zero-padded to 6), `{tag}`, `{date}` are filled and any
+    other brace is kept as it is (a template from a message header is data, not a format
+    string); with `add_date` the date goes before the extension (`sensor_2026-11-25.csv`); a
+    rotating store adds the opening time (`sensor_20261125T143000Z.csv`), so parts sort in
+    time order.
     """
     now = time.time() if now is None else now
     template = template or f"{{source}}{extension}"
-    fields = _Fields(source=source, run=f"{run:06d}", tag=tag, date=date_string(now))
-    name = string.Formatter().vformat(template, (), fields)
+    fields = {"source": source, "run": f"{run:06d}", "tag": tag, "date": date_string(now)}
+    name = _PLACEHOLDER.sub(lambda m: fields[m[1]], template)
     path = Path(_with_extension(name, extension))
     stem, ext = split_name(path.name)
     if tag and "{tag}" not in template:
@@ -131,6 +114,23 @@ def file_path(
     if out_dir and not path.is_absolute():
         path = Path(out_dir) / path
     return path
+
+
+def outside(path: Path, root: str | Path) -> str:
+    """Why `path` (as `file_path` made it, out_dir included) does not stay inside `root` (""
+    when it does): a `..`, an absolute path or a symlink that leads out, a NUL byte, or a file
+    name too long for any file system."""
+    if "\x00" in str(path):
+        return "it holds a NUL byte"
+    if any(len(part.encode(errors="surrogateescape")) > _MAX_COMPONENT for part in path.parts):
+        return f"a name in it is longer than {_MAX_COMPONENT} bytes"
+    try:
+        real, top = path.resolve(), Path(root or ".").resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, say
+        return f"it does not resolve ({exc})"
+    if real == top or top in real.parents:
+        return ""
+    return f"it resolves to {real}, outside {top}"
 
 
 def part_path(path: Path, n: int) -> Path:

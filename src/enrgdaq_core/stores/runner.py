@@ -27,7 +27,7 @@ import msgspec
 from enrgdaq_core.atomic import atomic_write
 from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.channels import EndOfInput, Input
-from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Kind, Source
+from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Header, Kind, Source
 from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import Meter
 from enrgdaq_core.stores.base import (
@@ -39,7 +39,8 @@ from enrgdaq_core.stores.base import (
     TableWriter,
     TransientError,
 )
-from enrgdaq_core.stores.paths import date_string, file_path, parse_period
+from enrgdaq_core.stores.paths import date_string, file_path, outside
+from enrgdaq_core.timefmt import parse_period
 from enrgdaq_core.transport import TelemetryPublisher
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class _Slot:
     retry_at: float = 0.0
     retry: Backoff = field(default_factory=lambda: Backoff(RETRY_FIRST, RETRY_MAX))
     last: tuple[int, int] | None = None  # (epoch, seq) of the newest buffered message
+    refused: bool = False  # the header's file_path left out_dir: writes the default name
 
 
 @dataclass(slots=True)
@@ -177,6 +179,7 @@ class StoreRunner:
         self.retries = 0
         self.write_errors = 0
         self.rejected_rows = 0
+        self.refused_paths = 0  # messages whose header file_path left out_dir
         self.schema_changes = 0
         self.rotations = 0
         self.last_flush_ms = 0.0
@@ -233,15 +236,54 @@ class StoreRunner:
 
     # -- settings and destinations -------------------------------------------------------
 
-    def _settings(self, env: Envelope) -> tuple[Any, dict[str, Any]]:
-        raw = dict(env.header.store.get(self.backend.name) or {})
+    def _header_settings(self, h: Header) -> dict[str, Any]:
+        """The header's settings for this backend merged with the store's own (which win);
+        `overwrite` only ever comes from the store's own (docs/stores.md)."""
+        raw = dict(h.store.get(self.backend.name) or {})
+        raw.pop("overwrite", None)
         raw.update(self.override)
+        if h.source in self.backend.options.overwrite_sources and "overwrite" not in raw:
+            raw["overwrite"] = True
+        return raw
+
+    def _settings(self, env: Envelope) -> tuple[Any, dict[str, Any]]:
+        raw = self._header_settings(env.header)
         try:
             return msgspec.convert(raw, self.backend.Settings), raw
         except msgspec.ValidationError as exc:
             raise EnvelopeError(
                 f"bad store_config.{self.backend.name} from {env.header.source}: {exc}"
             ) from None
+
+    def _confine(self, h: Header, settings: Any) -> tuple[Any, bool]:
+        """The settings with a header's `file_path` that leaves out_dir replaced by the
+        default name (`<source>.<ext>` in out_dir), so the rows are kept; True if refused."""
+        opts = self.backend.options
+        template = getattr(settings, "file_path", "")
+        if (
+            not template
+            or not self.backend.extension
+            or self.destination
+            or "file_path" in self.override
+            or opts.allow_outside_out_dir
+        ):
+            return settings, False  # the store's own choice, or no header path at all
+        try:
+            path = self._path(h.source, h.run, h.tag, settings, time.time(), stamp=False)
+            why = outside(path, opts.out_dir)
+        except ValueError as exc:  # a name file_path cannot make (empty, ".")
+            why = str(exc)
+        if not why:
+            return settings, False
+        self._warn(
+            f"path:{h.source}",
+            "%s: refused file_path %r from %s (%s): writing its default file in out_dir",
+            self.backend.name,
+            template,
+            h.source,
+            why,
+        )
+        return msgspec.structs.replace(settings, file_path=""), True
 
     def _template(self, settings: Any) -> str:
         return self.destination or getattr(settings, "file_path", "")
@@ -301,10 +343,12 @@ class StoreRunner:
         h = env.header
         key = (h.source, h.run)
         slot = self._slots.get(key)
-        raw = dict(h.store.get(self.backend.name) or {})
-        if slot is not None and slot.settings_raw == {**raw, **self.override}:
+        if slot is not None and slot.settings_raw == self._header_settings(h):
+            self.refused_paths += slot.refused
             return slot
         settings, merged = self._settings(env)
+        settings, refused = self._confine(h, settings)
+        self.refused_paths += refused
         if slot is not None:  # the source changed its settings: finish the old destination
             self._retire(slot)
         for old_key in [k for k in self._slots if k[0] == h.source and k != key]:
@@ -324,6 +368,7 @@ class StoreRunner:
             or getattr(settings, "flush_seconds", 0.0)
             or self.backend.default_flush_seconds,
             flush_bytes=self.flush_bytes,
+            refused=refused,
         )
         self._tick_seconds = min(self._tick_seconds, slot.flush_seconds)
         self._slots[key] = slot
@@ -639,6 +684,7 @@ class StoreRunner:
             "retries": self.retries,
             "write_errors": self.write_errors,
             "rejected_rows": self.rejected_rows,
+            "refused_paths": self.refused_paths,
             "bad_messages": self.bad_messages,
             "wrong_kind": self.wrong_kind,
             "schema_changes": self.schema_changes,

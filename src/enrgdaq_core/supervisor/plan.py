@@ -14,6 +14,7 @@ subscribes to exactly those sources), and one process per source.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,15 @@ class SupervisorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     restart: RestartSettings = msgspec.field(default_factory=RestartSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     run: RunSettings = msgspec.field(default_factory=RunSettings)
+
+    def __post_init__(self) -> None:
+        if self.node:
+            from enrgdaq_core.names import check_name
+
+            try:
+                check_name("node", self.node)
+            except ValueError as exc:
+                raise ValueError(f"node: {exc}") from None
 
 
 def daq_command() -> list[str]:
@@ -192,6 +202,8 @@ def load_plan(
     directory = Path(directory)
     files = _toml_files(directory)
     issues: list[ConfigIssue] = []
+    if out_dir is not None and "\x00" in out_dir:
+        issues.append(ConfigIssue("--out-dir", "", "expected a path without NUL bytes"))
     sup, sup_file = _read_supervisor(directory, issues)
     address = _broker_address(broker, sup, sup_file or directory, issues)
     configs = _validate_files(_classify(files), issues, import_jobs=import_jobs)
@@ -462,6 +474,11 @@ def _store_specs(
         own = store_file.data if store_file is not None else {}
         if "out_dir" not in own:
             argv += ["--out-dir", str(out)]
+        overwrite = _overwrite_sources(configs, backend)
+        if overwrite and "overwrite_sources" not in own:
+            # a message's `overwrite` is never honoured: the store is told which of its
+            # sources' own (trusted) configs ask for it
+            argv += ["-O", "overwrite_sources=" + json.dumps(overwrite)]
         argv += ["--state", str(out / STATE_DIR / f"{piece}.json")]
         stores.append(
             ChildSpec(
@@ -475,6 +492,15 @@ def _store_specs(
             )
         )
     return stores
+
+
+def _overwrite_sources(configs: _Configs, backend: str) -> list[str]:
+    """The sources whose `[store_config.<backend>]` says `overwrite = true`."""
+    return [
+        job.name
+        for _, job in configs.jobs
+        if getattr(getattr(job.config.store_config, backend, None), "overwrite", False)
+    ]
 
 
 def _source_spec(daq: list[str], address: BrokerAddress, path: Path, job: Any) -> ChildSpec:
