@@ -187,7 +187,7 @@ def test_job_run_bad_config_exits_2_and_starts_nothing(procs: Procs, tmp_path: P
         "(expected one of: channels, daq_job_type, daq_job_unique_id, drift_per_hour, "
         "interval_seconds, mean, name, noise, remote_config, restart, rows_per_step, seed, "
         "store_config, tag, verbosity)",
-        f"daq: config error: {cfg}: interval_seconds: expected a number >= 0 and <= 604800, got a string ('x')",
+        f"daq: config error: {cfg}: interval_seconds: expected a number > 0 and <= 604800, got a string ('x')",
     ]
 
 
@@ -202,7 +202,7 @@ def test_job_run_without_a_broker_says_so(procs: Procs, tmp_path: Path) -> None:
 
 
 def test_job_run_to_a_file_and_name_and_run_flags(procs: Procs, tmp_path: Path) -> None:
-    cfg = write(tmp_path / "s.toml", 'daq_job_type = "test"\ninterval_seconds = 0\n')
+    cfg = write(tmp_path / "s.toml", 'daq_job_type = "test"\ninterval_seconds = 0.0001\n')
     out = tmp_path / "run.raw"
     p = procs.run(
         "job", "run", str(cfg), "--count", "4", "-o", str(out), "--name", "probe", "--run", "42"

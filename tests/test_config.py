@@ -47,7 +47,7 @@ def test_unknown_key_without_a_close_match(tmp_path: Path) -> None:
 def test_wrong_type(tmp_path: Path) -> None:
     f = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\ninterval_seconds = "fast"\n')
     assert errors_of(f) == [
-        f"{f}: interval_seconds: expected a number >= 0 and <= 604800, got a string ('fast')"
+        f"{f}: interval_seconds: expected a number > 0 and <= 604800, got a string ('fast')"
     ]
 
 

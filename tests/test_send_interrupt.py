@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 FAST = """
 daq_job_type = "sensor"
 name = "fast"
-interval_seconds = 0.0
+interval_seconds = 0.0001
 rows_per_step = 200
 """
 

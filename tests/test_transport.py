@@ -54,7 +54,7 @@ def test_slow_subscriber_gets_every_message_and_the_job_waits(
     sub = Subscriber(addr, ["data.fast"], hwm=10)
     try:
         assert wait_for_subscriptions(addr, ["data.fast"], timeout=10)
-        cfg = write(tmp_path / "fast.toml", 'daq_job_type = "test"\ninterval_seconds = 0\n')
+        cfg = write(tmp_path / "fast.toml", 'daq_job_type = "test"\ninterval_seconds = 0.0001\n')
         job = procs.start("job", "run", str(cfg), "-o", "broker", "--broker", addr.base,
                           "--count", str(total))  # fmt: skip
 

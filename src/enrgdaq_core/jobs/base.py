@@ -44,8 +44,8 @@ class JobConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
       `enrgdaq.jobs` entry point, or `module:Class`.
     - `name`: the source name, in topics (`data.<name>`) and headers; default the file's stem.
     - `interval_seconds`: seconds between the starts of two steps, finite, 0 to one week; 0
-      runs steps back to back (a digitizer whose `step` blocks until its next trigger). A job
-      type whose `step` does not block makes it `Paced` (> 0).
+      runs steps back to back (a device job whose `step` blocks until its next trigger). A job
+      type whose `step` does not block (every built-in one) makes it `Paced` (> 0).
     - `tag`: a label stamped on every message (stores may put it in file names).
     - `verbosity`: the job's log level.
     - `restart`: what `daq up` does when the process exits: always, on-failure, never.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.jobs.base import Job, JobConfig, Paced
 
 
 class MetricsConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
+    interval_seconds: Paced = 1.0  # its step returns at once: 0 would run it unpaced
     disk_path: str = "/"
 
 

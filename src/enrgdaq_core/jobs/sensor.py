@@ -8,10 +8,11 @@ from typing import Annotated
 
 import msgspec
 
-from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.jobs.base import Job, JobConfig, Paced
 
 
 class SensorConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
+    interval_seconds: Paced = 1.0  # its step returns at once: 0 would run it unpaced
     channels: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 4  # columns of one table
     mean: float = 20.0
     noise: Annotated[float, msgspec.Meta(ge=0)] = 0.1

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import time
 
-from enrgdaq_core.jobs.base import Job, JobConfig
+from enrgdaq_core.jobs.base import Job, JobConfig, Paced
 
 
 class TestJobConfig(JobConfig, kw_only=True, forbid_unknown_fields=True):
+    interval_seconds: Paced = 1.0  # its step returns at once: 0 would run it unpaced
     rand_min: int = 0
     rand_max: int = 100
 
