@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATA_KINDS",
+    "HEADER_MAX_BYTES",
     "HEADER_VERSION",
     "TOPIC_END",
     "Envelope",
@@ -44,6 +45,9 @@ __all__ = [
 HEADER_VERSION = 1
 """Major header version. A decoder refuses a higher major; unknown fields of the same major are
 ignored, so fields can be added without breaking older readers."""
+
+HEADER_MAX_BYTES = 1 << 20
+"""The largest header a decoder takes (real ones are ~100 bytes): a larger one is undecodable."""
 
 TOPIC_END = b"\x00"
 """Terminator appended to every topic frame, so a subscription to `data.sensor1` never matches
@@ -117,11 +121,16 @@ def encode_header(header: Header) -> bytes:
 
 def decode_header(data: bytes | memoryview) -> Header:
     """A header frame back as a `Header`; EnvelopeError if it is garbled, from a newer major
-    version, or points at shared memory (which this version cannot read)."""
+    version, larger than HEADER_MAX_BYTES, or points at shared memory (which this version
+    cannot read)."""
+    if len(data) > HEADER_MAX_BYTES:
+        raise EnvelopeError(f"header of {len(data)} bytes exceeds {HEADER_MAX_BYTES}")
     try:
         header = _header_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EnvelopeError(f"undecodable header: {exc}") from None
+    except RecursionError:  # store settings nested thousands deep
+        raise EnvelopeError("undecodable header: nested too deep") from None
     if header.v > HEADER_VERSION:
         raise EnvelopeError(
             f"header version {header.v} is newer than this reader ({HEADER_VERSION})"
@@ -339,3 +348,5 @@ def decode_body(payload: bytes | memoryview, type_: Any = Any) -> Any:
         return msgspec.msgpack.decode(payload, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EnvelopeError(f"undecodable body: {exc}") from None
+    except RecursionError:
+        raise EnvelopeError("undecodable body: nested too deep") from None

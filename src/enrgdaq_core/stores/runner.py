@@ -391,6 +391,8 @@ class StoreRunner:
             item: Any = env
             rows = max(env.header.rows, 1)
         else:
+            if not _familiar(env.payload):
+                self._flush_held()
             item = env.table()
             rows = item.num_rows
         if not slot.buffer:
@@ -401,6 +403,14 @@ class StoreRunner:
         slot.last = (env.header.epoch, env.header.seq)
         if slot.rows >= slot.flush_rows or slot.nbytes >= slot.flush_bytes:
             self._flush(slot)
+
+    def _flush_held(self) -> None:
+        """Write every buffered row before a risky step: decoding a payload of a schema not
+        seen before (tables.familiar). Rows are checked when they arrive (tables.decode_table),
+        so a crash there, if one still happens, costs nothing already received."""
+        for slot in self._all_slots():
+            if slot.buffer:
+                self._flush(slot)
 
     def _all_slots(self) -> list[_Slot]:
         return [*self._slots.values(), *self._retiring]
@@ -731,6 +741,12 @@ class StoreRunner:
             self._close(slot)
         self.backend.close()
         return failed
+
+
+def _familiar(payload: bytes | memoryview) -> bool:
+    from enrgdaq_core.tables import familiar  # pyarrow loads with the first table, not before
+
+    return familiar(payload)
 
 
 def _payload_share(slot: _Slot, n: int) -> int:
