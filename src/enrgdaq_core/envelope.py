@@ -236,6 +236,17 @@ class Envelope:
                 raise EnvelopeError(str(exc)) from None
         return self._table
 
+    @property
+    def new_schema(self) -> bool:
+        """Whether `table()` would decode a schema this process has not checked before: the
+        riskiest decode (stores write what they hold first). False once decoded or when the
+        table was made here."""
+        if self._table is not None or self.header.kind is not Kind.TABLE:
+            return False
+        from enrgdaq_core.tables import familiar
+
+        return not familiar(self.payload)
+
     def frames(self) -> list[bytes | memoryview]:
         """The three ZeroMQ frames: topic (terminated), header, payload."""
         return [topic_frame(self.topic), encode_header(self.header), self.payload]

@@ -391,7 +391,7 @@ class StoreRunner:
             item: Any = env
             rows = max(env.header.rows, 1)
         else:
-            if not _familiar(env.payload):
+            if env.new_schema:
                 self._flush_held()
             item = env.table()
             rows = item.num_rows
@@ -741,12 +741,6 @@ class StoreRunner:
             self._close(slot)
         self.backend.close()
         return failed
-
-
-def _familiar(payload: bytes | memoryview) -> bool:
-    from enrgdaq_core.tables import familiar  # pyarrow loads with the first table, not before
-
-    return familiar(payload)
 
 
 def _payload_share(slot: _Slot, n: int) -> int:
