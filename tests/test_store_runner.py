@@ -442,3 +442,21 @@ def test_sources_sharing_a_file_rotate_together(tmp_path: Path) -> None:
     second = {w.dest.path for w in be.writers[2:]}
     assert len(second) == 1  # one next file (named by the rotation time) for both
     assert [d.append for d in be.opened] == [True, True, False, False]  # b, c: a new file
+
+
+def _as_received(env: Envelope) -> Envelope:
+    """The envelope as a store receives it: only the bytes, nothing decoded yet."""
+    return Envelope(env.topic, env.header, bytes(env.payload))
+
+
+def test_held_rows_are_written_before_a_new_schema_is_decoded(tmp_path: Path) -> None:
+    """Decoding a schema never seen is the riskiest step: what the store holds is written
+    first, so a crash there would cost nothing already received. Known schemas still batch."""
+    runner, be = make(tmp_path)
+    src = Source("s", store={"csv": {}})
+    for i in range(5):
+        runner.handle(_as_received(src.table(sample_table(i, 1))))
+    assert be.writes == []  # one schema: batched (the first was new, but nothing was held)
+    other = Source("o", store={"csv": {}})
+    runner.handle(_as_received(other.table(pa.table({"x": pa.array([1.5], pa.float64())}))))
+    assert be.writes == [("s", 5)]  # s's held rows went out before o's schema was decoded

@@ -16,9 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arrow_strategies import raw_envelopes, table_envelopes
-from enrgdaq_core.envelope import Envelope, Header, Kind, Source
+from enrgdaq_core.envelope import (
+    HEADER_MAX_BYTES,
+    Envelope,
+    EnvelopeError,
+    Header,
+    Kind,
+    Source,
+    decode_header,
+)
 from enrgdaq_core.stream import (
     MAGIC,
+    MAX_BODY,
+    MAX_META,
     RECORD_MARKER,
     VERSION,
     Record,
@@ -28,6 +38,7 @@ from enrgdaq_core.stream import (
     StreamWriter,
     file_header,
     read_envelopes,
+    record_bytes,
 )
 
 
@@ -339,3 +350,57 @@ def test_the_reader_in_the_spec_agrees_with_ours(doc_reader) -> None:
                 got.append(item)
         _, err = read_until_damage(a[:cut])
         assert len(got) == 3 and str(exc.value).endswith(f"at byte {err.offset} (record 3)")
+
+
+class _CountingReads(io.BytesIO):
+    """A stream that records the largest read asked of it."""
+
+    largest = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.largest = max(self.largest, n or 0)
+        return super().read(n)
+
+
+def test_a_file_header_cannot_reserve_gigabytes() -> None:
+    """meta_len is capped (MAX_META): 0xFFFFFFFF is damage, not a 4 GiB read."""
+    for meta_len in (0xFFFF_FFFF, MAX_META + 1):
+        f = _CountingReads(struct.pack("<8sHHII", MAGIC, 1, 0, meta_len, 0) + b"x" * 100)
+        with pytest.raises(StreamDamage, match="impossible file header length"):
+            StreamReader(f)
+        assert f.largest <= MAX_META
+    big = {"blob": "x" * (MAX_META + 1)}
+    with pytest.raises(StreamError):
+        file_header(big)  # the writer refuses what every reader would call damage
+
+
+def test_a_record_length_that_lies_costs_only_what_arrives() -> None:
+    """A 2 GiB body_len on a short stream: the reader never asks for 2 GiB at once."""
+    head = struct.pack("<4sII", RECORD_MARKER, MAX_BODY, 0)
+    f = _CountingReads(file_header() + head + b"y" * 1000)
+    with pytest.raises(StreamDamage, match="truncated record"):
+        list(StreamReader(f))
+    assert f.largest <= 16 << 20
+
+
+@pytest.mark.parametrize("depth", [200_000])
+def test_headers_nested_past_reason_are_undecodable(depth: int) -> None:
+    """msgpack nested 200,000 deep in a header or a file header's meta is damage, not a
+    RecursionError out of the reader."""
+    nested = b"\x91" * depth + b"\x00"
+    header = b"\x83\xa4kind\xa5table\xa6source\xa1x\xa5store\x81\xa3csv\x81\xa1a" + nested
+    body = struct.pack("<HI", 1, len(header)) + b"t" + header
+    record = struct.pack("<4sII", RECORD_MARKER, len(body), zlib.crc32(body)) + body
+    with pytest.raises(StreamDamage, match="undecodable record"):
+        list(StreamReader(io.BytesIO(file_header() + record)))
+    meta = struct.pack("<8sHHII", MAGIC, 1, 0, len(nested), zlib.crc32(nested)) + nested
+    with pytest.raises(StreamDamage, match="undecodable file header"):
+        StreamReader(io.BytesIO(meta))
+
+
+def test_a_header_over_the_cap_is_undecodable() -> None:
+    with pytest.raises(EnvelopeError, match="exceeds"):
+        decode_header(b"\x80" + b"\x00" * HEADER_MAX_BYTES)
+    env = Envelope("data.x", Header(kind=Kind.RAW, source="x", tag="t" * HEADER_MAX_BYTES))
+    with pytest.raises(EnvelopeError):
+        record_bytes(env)  # the writer refuses it too

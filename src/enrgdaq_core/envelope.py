@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATA_KINDS",
+    "HEADER_MAX_BYTES",
     "HEADER_VERSION",
     "TOPIC_END",
     "Envelope",
@@ -46,6 +47,9 @@ __all__ = [
 HEADER_VERSION = 1
 """Major header version. A decoder refuses a higher major; unknown fields of the same major are
 ignored, so fields can be added without breaking older readers."""
+
+HEADER_MAX_BYTES = 1 << 20
+"""The largest header a decoder takes (real ones are ~100 bytes): a larger one is undecodable."""
 
 TOPIC_END = b"\x00"
 """Terminator appended to every topic frame, so a subscription to `data.sensor1` never matches
@@ -119,11 +123,16 @@ def encode_header(header: Header) -> bytes:
 
 def decode_header(data: bytes | memoryview) -> Header:
     """A header frame back as a `Header`; EnvelopeError if it is garbled, from a newer major
-    version, or points at shared memory (which this version cannot read)."""
+    version, larger than HEADER_MAX_BYTES, or points at shared memory (which this version
+    cannot read)."""
+    if len(data) > HEADER_MAX_BYTES:
+        raise EnvelopeError(f"header of {len(data)} bytes exceeds {HEADER_MAX_BYTES}")
     try:
         header = _header_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EnvelopeError(f"undecodable header: {exc}") from None
+    except RecursionError:  # store settings nested thousands deep
+        raise EnvelopeError("undecodable header: nested too deep") from None
     _check_names(header)
     if header.v > HEADER_VERSION:
         raise EnvelopeError(
@@ -248,6 +257,17 @@ class Envelope:
                 raise EnvelopeError(str(exc)) from None
         return self._table
 
+    @property
+    def new_schema(self) -> bool:
+        """Whether `table()` would decode a schema this process has not checked before: the
+        riskiest decode (stores write what they hold first). False once decoded or when the
+        table was made here."""
+        if self._table is not None or self.header.kind is not Kind.TABLE:
+            return False
+        from enrgdaq_core.tables import familiar
+
+        return not familiar(self.payload)
+
     def frames(self) -> list[bytes | memoryview]:
         """The three ZeroMQ frames: topic (terminated), header, payload."""
         return [topic_frame(self.topic), encode_header(self.header), self.payload]
@@ -371,3 +391,5 @@ def decode_body(payload: bytes | memoryview, type_: Any = Any) -> Any:
         return msgspec.msgpack.decode(payload, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EnvelopeError(f"undecodable body: {exc}") from None
+    except RecursionError:
+        raise EnvelopeError("undecodable body: nested too deep") from None

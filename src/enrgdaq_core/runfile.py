@@ -65,12 +65,13 @@ INDEX_MAGIC = b"\x89EDAQIX\n"
 INDEX_VERSION = 1
 BLOCK_RECORDS = 1024  # an index entry closes after this many records...
 BLOCK_BYTES = 1 << 20  # ...or this many bytes, whichever comes first
-SNAPSHOT_MAX_BYTES = 16 << 20
+SNAPSHOT_MAX_BYTES = 16 << 20  # of TOML text; stream.MAX_META (the whole meta) leaves room
 
 # magic, version, flags, data header size, data created_ns, block_records, block_bytes, crc
 _INDEX_HEAD = struct.Struct("<8sHHIqIII")
 # offset, first record, count, nbytes, min time, max time, flags, crc
 _ENTRY = struct.Struct("<QQIIqqII")
+_MIN_RECORD = 18  # record head (12) + body head (6): the smallest record a stream can hold
 FINAL = 1  # entry flag: the writer closed the file cleanly right after this block
 
 
@@ -104,7 +105,7 @@ def config_snapshot(spec: str | Path) -> dict[str, Any]:
     total = 0
     for name, p in zip(names, paths, strict=True):
         text = p.read_text(errors="replace")
-        total += len(text)
+        total += len(text.encode())  # bytes, as the file header's meta limit counts them
         if total > SNAPSHOT_MAX_BYTES:
             raise ValueError(
                 f"config snapshot {spec}: more than {SNAPSHOT_MAX_BYTES >> 20} MiB of TOML"
@@ -266,9 +267,11 @@ def read_index(path: str | Path, head: StreamMeta, data_size: int) -> RunIndex |
     the data file reaches: a partial index only means more scanning, never a wrong answer.
     """
     ipath = index_path(path)
+    # at most one entry per record: a longer index (damaged, forged) is not read past that
+    most = _INDEX_HEAD.size + _ENTRY.size * (data_size // _MIN_RECORD + 1)
     try:
         with open(ipath, "rb") as f:
-            raw = f.read()
+            raw = f.read(most)
     except OSError:
         return None
     if len(raw) < _INDEX_HEAD.size or raw[:8] != INDEX_MAGIC:

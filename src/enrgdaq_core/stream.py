@@ -21,11 +21,18 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from enrgdaq_core.envelope import Envelope, EnvelopeError, decode_header, encode_header
+from enrgdaq_core.envelope import (
+    HEADER_MAX_BYTES,
+    Envelope,
+    EnvelopeError,
+    decode_header,
+    encode_header,
+)
 
 __all__ = [
     "MAGIC",
     "MAX_BODY",
+    "MAX_META",
     "RECORD_MARKER",
     "VERSION",
     "Record",
@@ -44,6 +51,10 @@ MAGIC = b"\x89EDAQ\r\n\x1a"
 VERSION = 1
 RECORD_MARKER = b"\x1eREC"
 MAX_BODY = 0x7FFF_FFFF  # records over 2 GiB are refused: a bad length must not exhaust memory
+MAX_META = 32 << 20
+"""The largest file header meta (a config snapshot is at most 16 MiB): a longer meta_len is
+damage, never a 4 GiB read. docs/wire-format.md lists every limit."""
+_READ_CHUNK = 16 << 20  # lengths above this are read as the bytes arrive, not reserved first
 
 _FILE_HEAD = struct.Struct("<8sHHII")
 _RECORD_HEAD = struct.Struct("<4sII")
@@ -81,6 +92,8 @@ class StreamMeta:
 def file_header(meta: dict[str, Any] | None = None) -> bytes:
     """The file header bytes: magic, version and `meta` (msgpack, with `created_ns`)."""
     body = msgspec.msgpack.encode({"created_ns": time.time_ns(), **(meta or {})})
+    if len(body) > MAX_META:
+        raise StreamError(f"file header meta of {len(body)} bytes exceeds {MAX_META}")
     return _FILE_HEAD.pack(MAGIC, VERSION, 0, len(body), zlib.crc32(body)) + body
 
 
@@ -88,11 +101,15 @@ def record_bytes(env: Envelope) -> list[bytes | memoryview]:
     """The record for one envelope, as a list of buffers (payload not copied)."""
     topic = env.topic.encode()
     header = encode_header(env.header)
-    if len(topic) > 0xFFFF or len(topic) + len(header) + len(env.payload) > MAX_BODY - 6:
+    if (
+        len(topic) > 0xFFFF
+        or len(header) > HEADER_MAX_BYTES
+        or len(topic) + len(header) + len(env.payload) > MAX_BODY - 6
+    ):
         # refused here, or every reader would stop at this record as damaged
         raise EnvelopeError(
-            f"{env.topic[:40]!r}: a record holds a topic of at most 65535 bytes and at most "
-            f"{MAX_BODY} bytes in all"
+            f"{env.topic[:40]!r}: a record holds a topic of at most 65535 bytes, a header of "
+            f"at most {HEADER_MAX_BYTES} and at most {MAX_BODY} bytes in all"
         )
     head = _BODY_HEAD.pack(len(topic), len(header)) + topic + header
     crc = zlib.crc32(env.payload, zlib.crc32(head))
@@ -149,6 +166,10 @@ class StreamWriter:
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
+    """`n` bytes, or fewer at the end of the input; memory grows with what arrives, so a
+    length that lies (a 2 GiB record on a 100-byte pipe) costs nothing."""
+    if n > _READ_CHUNK:
+        return _read_chunked(f, n)
     data = f.read(n)
     if data is None:  # non-blocking file object: treat as not ready
         data = b""
@@ -163,6 +184,16 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
         chunks.append(more)
         got += len(more)
     return b"".join(chunks)
+
+
+def _read_chunked(f: BinaryIO, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        more = f.read(min(_READ_CHUNK, n - len(buf)))
+        if not more:
+            break
+        buf += more
+    return bytes(buf)
 
 
 def read_file_header(f: BinaryIO, *, offset: int = 0) -> StreamMeta:
@@ -189,6 +220,8 @@ def _file_header_after(head: bytes, f: BinaryIO, offset: int, record: int) -> St
         raise StreamError(
             f"stream version {version} at byte {offset} is newer than this reader ({VERSION})"
         )
+    if meta_len > MAX_META:
+        raise StreamDamage(f"impossible file header length {meta_len}", offset, record)
     body = _read_exact(f, meta_len)
     if len(body) < meta_len:
         raise StreamDamage("truncated file header", offset, record)
@@ -196,7 +229,7 @@ def _file_header_after(head: bytes, f: BinaryIO, offset: int, record: int) -> St
         raise StreamDamage("file header checksum mismatch", offset, record)
     try:
         meta = msgspec.msgpack.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past any sense
         raise StreamDamage("undecodable file header", offset, record) from None
     return StreamMeta(version, meta if isinstance(meta, dict) else {}, _FILE_HEAD.size + meta_len)
 

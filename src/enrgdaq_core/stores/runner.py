@@ -437,6 +437,8 @@ class StoreRunner:
             # a raw payload counts as one row; the end-of-stream marker as none (it is no data)
             rows = 0 if env.header.kind is Kind.EOS else max(env.header.rows, 1)
         else:
+            if env.new_schema:
+                self._flush_held()
             item = env.table()
             rows = item.num_rows
         if not slot.buffer:
@@ -447,6 +449,14 @@ class StoreRunner:
         slot.last = (env.header.epoch, env.header.seq)
         if slot.rows >= slot.flush_rows or slot.nbytes >= slot.flush_bytes:
             self._flush(slot)
+
+    def _flush_held(self) -> None:
+        """Write every buffered row before a risky step: decoding a payload of a schema not
+        seen before (tables.familiar). Rows are checked when they arrive (tables.decode_table),
+        so a crash there, if one still happens, costs nothing already received."""
+        for slot in self._all_slots():
+            if slot.buffer:
+                self._flush(slot)
 
     def _all_slots(self) -> list[_Slot]:
         return [*self._slots.values(), *self._retiring]
