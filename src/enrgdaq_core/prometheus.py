@@ -71,6 +71,24 @@ METRICS: tuple[MetricSpec, ...] = (
         "daq_undecodable_messages_total", "counter", "Messages that could not be decoded.", PIECE
     ),
     MetricSpec(
+        "daq_duplicate_messages_total",
+        "counter",
+        "Messages seen before (same source, epoch, sequence number).",
+        PIECE,
+    ),
+    MetricSpec(
+        "daq_sequence_jumps_total",
+        "counter",
+        "Lone sequence numbers far off their source's sequence (not loss).",
+        PIECE,
+    ),
+    MetricSpec(
+        "daq_out_of_epoch_messages_total",
+        "counter",
+        "Messages of an older epoch than their source's current one (not a restart).",
+        PIECE,
+    ),
+    MetricSpec(
         "daq_latency_seconds",
         "gauge",
         "End-to-end latency over the last interval (quantile 0.5, 0.99; 1 is the max).",
@@ -167,6 +185,9 @@ class MonitorCollector(Collector):
         for source, lost in v.lost_by_source.items():
             put("daq_lost_messages_total", lost, source)
         put("daq_undecodable_messages_total", r.undecodable)
+        put("daq_duplicate_messages_total", r.duplicates)
+        put("daq_sequence_jumps_total", r.jumps)
+        put("daq_out_of_epoch_messages_total", r.out_of_epoch)
         for q, ms in (
             ("0.5", r.latency_p50_ms),
             ("0.99", r.latency_p99_ms),
