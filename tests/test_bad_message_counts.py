@@ -1,5 +1,5 @@
 """Bad messages are counted, each apart from loss (issue 15): undecodable, duplicates, sequence
-jumps, out-of-epoch messages.
+jumps, out-of-epoch messages; and the broker's subscription table counts only real subscribers.
 
 Unit tests drive the sequence tracker, the store runner, the tap loop and the monitor in-process;
 the end-to-end ones start real `daq` processes and read `daq stats --json`.
@@ -22,7 +22,7 @@ import zmq
 
 from _store_data import broker_store, sample_table, source, stream_bytes, subscribers
 from conftest import Procs, wait_for
-from enrgdaq_core.envelope import Envelope, Header, Kind, Source, topic_frame
+from enrgdaq_core.envelope import Envelope, Header, Kind, Source, encode_header, topic_frame
 from enrgdaq_core.monitor import Monitor
 from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import (
@@ -37,7 +37,7 @@ from enrgdaq_core.stores.memory import MemoryBackend
 from enrgdaq_core.stores.runner import StoreRunner
 from enrgdaq_core.stream import StreamReader
 from enrgdaq_core.tap import TapResult, tap
-from enrgdaq_core.transport import BrokerAddress
+from enrgdaq_core.transport import BrokerAddress, Subscriber
 
 FORGED = 1_004_817  # the forged sequence number of the issue
 
@@ -440,3 +440,46 @@ def test_a_forged_sequence_number_is_a_jump_not_a_million_lost(
     rows = pd.read_csv(tmp_path / "fj.csv")["i64"].tolist()
     assert len(rows) == 21  # the forged message is kept: it may be data
     assert json.loads(state.read_text())["written"]["fj"] == [src.epoch, 20]  # the eos
+
+
+@pytest.mark.e2e
+def test_the_broker_subscription_table_ignores_forged_frames(
+    procs: Procs, broker: BrokerAddress
+) -> None:
+    """One-frame messages on `in` neither add nor cancel subscriptions; they and other
+    malformed messages are counted as bad in the broker's stats."""
+    from enrgdaq_core.broker_client import query, wait_for_subscriptions
+
+    real = Subscriber(broker, ["data.real"])
+    ctx, sock = _raw_publisher(broker)
+    try:
+        wait_for(lambda: subscribers(broker, "data.real$") == 1, 30, what="the real subscriber")
+        for _ in range(3):
+            sock.send(b"\x01data.forged\x00")  # "subscribe", sent as data
+        sock.send(b"\x00data.real\x00")  # "cancel" the real one
+        sock.send(b"\x01")  # "subscribe to everything"
+        sock.send_multipart([b"data.x\x00", b"h"])  # two frames
+        sock.send_multipart([b"\xff\xfe\x00", encode_header(_h(0)), b""])  # a topic, not UTF-8
+        sock.send_multipart([b"no terminator", encode_header(_h(0)), b""])
+
+        # the broker counts in order: once this one shows, it has seen all of the above
+        sock.send_multipart(Source("marker").raw(b"").frames())
+        wait_for(
+            lambda: "data.marker" in query(broker, "counters")["topics"],
+            30,
+            what="the broker to count the marker",
+        )
+        assert query(broker, "subscriptions")["subscribers"] == {"data.real$": 1}
+        assert query(broker, "counters")["bad"] == {
+            "one_frame": 5,
+            "frames": 1,
+            "topic": 2,
+            "out": 0,
+        }
+        assert not wait_for_subscriptions(broker, ["data.forged"], timeout=1.0)
+        piece = _piece(procs, broker, "broker", lambda p: p["undecodable"] >= 8)
+        assert piece["undecodable"] == 8 and piece["extra"]["bad"]["one_frame"] == 5
+    finally:
+        sock.close()
+        ctx.term()
+        real.close()
