@@ -248,6 +248,20 @@ def test_a_stream_skips_and_counts_an_intact_record_that_does_not_decode() -> No
         list(StreamReader(io.BytesIO(data)))  # a checking tool still hears about it
 
 
+def test_a_stream_that_ends_damaged_counts_the_damaged_record() -> None:
+    import io
+
+    from enrgdaq_core.channels import StreamInput
+
+    src = Source("s")
+    data = stream_bytes([src.table(sample_table(i, 1)) for i in range(3)])
+    backend = MemoryBackend()
+    result = StoreRunner(backend, name="m").run(StreamInput(io.BytesIO(data[:-5])), StopFlag())
+    assert result.damage is not None and len(backend.table("s")) == 2
+    report = result.meter.report()
+    assert report.undecodable == 1 and "truncated record" in report.extra["input_damage"]
+
+
 # -- the tap and the monitor --------------------------------------------------------------------
 
 

@@ -648,8 +648,12 @@ class StoreRunner:
         m = self.meter
         m.queue = self.pending_rows
         # what the input could not decode (a ZeroMQ message, a stream record) never reached
-        # handle(): it is counted there, and reported here with ours
-        not_read = getattr(self._input, "undecodable", 0) if self._input is not None else 0
+        # handle(): it is counted there, and reported here with ours; a stream that ended on
+        # a damaged record (torn, corrupt) counts that record too, and says why
+        inp = self._input
+        not_read = getattr(inp, "undecodable", 0) if inp is not None else 0
+        damage = getattr(inp, "damage", None) if inp is not None else None
+        not_read += damage is not None
         m.undecodable = self.undecodable + not_read
         m.extra = {
             "files": list(self.files[-20:]),
@@ -674,6 +678,8 @@ class StoreRunner:
             "open_sources": sorted(self._seen_sources - self._ended_sources),
             **self.backend.stats(),
         }
+        if damage is not None:
+            m.extra["input_damage"] = str(damage)
         if final:
             m.extra["final"] = True
         self.max_flush_ms = 0.0
