@@ -69,8 +69,11 @@ def tap(
             if out is not None:
                 out.close()
             inp.close()
-    if result.missed:
-        typer.echo(f"tap: missed {result.missed} message(s) (monitor mode)", err=True)
+    problems = result.problems()
+    if problems:
+        mode = "lossless" if lossless else "monitor mode"
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in problems.items())
+        typer.echo(f"tap: {counts} message(s) ({mode})", err=True)
 
 
 def _stream_sink(out: StreamOutput) -> Callable[[Envelope, int], None]:
@@ -79,9 +82,14 @@ def _stream_sink(out: StreamOutput) -> Callable[[Envelope, int], None]:
 
 def _line_sink() -> Callable[[Envelope, int], None]:
     from enrgdaq_core.render import envelope_line
+    from enrgdaq_core.tap import DUPLICATE
 
     def sink(env: Envelope, gap: int) -> None:
         line = envelope_line(env)
-        typer.echo(f"{line}  [missed {gap}]" if gap else line)
+        if gap == DUPLICATE:
+            line += "  [duplicate]"
+        elif gap:
+            line += f"  [missed {gap}]"
+        typer.echo(line)
 
     return sink

@@ -1,11 +1,21 @@
 """The pub/sub hub: a C zmq proxy (XSUB in, XPUB out) with a counting, monitoring side path.
 
-The data path never enters Python: `zmq.proxy` forwards in libzmq, and XPUB_NODROP turns a full
-consumer queue into backpressure. Every message is also handed to the proxy's capture socket;
-a Python thread reads that copy to count messages and bytes per topic, to track subscriptions,
-and to republish on the monitor endpoint, where a slow monitor loses messages, never the data.
-Only what some monitor subscribed to is republished (the monitor socket is an XPUB that drops
-like a PUB, so the broker can see what monitors want).
+The data path never enters Python: pyzmq's `monitored_queue` forwards in C (without the GIL),
+and XPUB_NODROP turns a full consumer queue into backpressure. Every message is also handed to
+the proxy's capture socket, behind a frame that says which side it came from; a Python thread
+reads that copy to count messages and bytes per topic, to track subscriptions, and to
+republish on the monitor endpoint, where a slow monitor loses messages, never the data. Only
+what some monitor subscribed to is republished (the monitor socket is an XPUB that drops like
+a PUB, so the broker can see what monitors want).
+
+The side matters: a subscription is a one-frame message starting with 0 or 1 that comes from the
+`out` side (a lossless consumer). `zmq.proxy` captures both directions alike, so a one-frame
+message a peer published on `in` looked the same and added or cancelled entries in the
+subscription table the supervisor's start gate reads. Now only the `out` side's count; what is
+malformed (on `in`: not three frames, or a topic frame that is not UTF-8 ending in NUL; on
+`out`: not a subscription) is counted in `bad` and ignored (not counted per topic, not
+republished). The broker still forwards it, as it forwards every payload undecoded: consumers
+skip and count it as undecodable.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.devices import monitored_queue
 
 from enrgdaq_core.broker_client import QUERIES
 from enrgdaq_core.envelope import TOPIC_END, Kind, Source
@@ -37,6 +48,7 @@ from enrgdaq_core.transport import (
 )
 
 __all__ = [
+    "BAD_REASONS",
     "Broker",
     "BrokerState",
     "TopicCounter",
@@ -45,6 +57,12 @@ __all__ = [
 
 _CAPTURE = "inproc://enrgdaq-broker-capture"
 _COUNTER_PAUSE = 0.001  # s the counter lets messages gather once it has drained its queue
+_FROM_IN = b"i"  # capture side frame: published by a source on `in`
+_FROM_OUT = b"o"  # from `out`: a lossless consumer's (un)subscription
+BAD_REASONS = ("one_frame", "frames", "topic", "out")
+"""Why the broker counted a message as bad: a one-frame message on `in` (what a forged
+subscription looks like), another frame count than three on `in`, a topic frame that is not
+UTF-8 ending in NUL, a message from the `out` side that is not a subscription."""
 
 
 def topic_prefix(topic: bytes) -> str:
@@ -68,6 +86,9 @@ class BrokerState:
     counters: dict[str, TopicCounter] = field(default_factory=dict)
     subscriptions: dict[bytes, int] = field(default_factory=lambda: defaultdict(int))
     monitor_dropped: int = 0
+    # malformed messages by reason (BAD_REASONS; every key exists, so counting never grows
+    # the dict that snapshot() iterates)
+    bad: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_REASONS, 0))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict[str, Any]:
@@ -83,6 +104,7 @@ class BrokerState:
                     if n > 0
                 ],
                 "monitor_dropped": self.monitor_dropped,
+                "bad": dict(self.bad),
                 # how many lossless consumers hold each subscription (the supervisor waits
                 # until every store that takes a source's data has subscribed)
                 "subscribers": {
@@ -176,7 +198,7 @@ class Broker:
 
     def _proxy(self) -> None:
         try:
-            zmq.proxy(self._xsub, self._xpub, self._capture)
+            monitored_queue(self._xsub, self._xpub, self._capture, _FROM_IN, _FROM_OUT)
         except zmq.ContextTerminated:
             pass
         except zmq.ZMQError:
@@ -198,6 +220,7 @@ class Broker:
         sock = make_socket(zmq.PAIR, _CAPTURE, ctx=self._ctx, rcvhwm=self.hwm, rcvtimeo=100)
         state = self.state
         counters = state.counters
+        bad = state.bad
         routes: dict[bytes, _Route] = {}
         monitor = self._monitor
         watched: set[bytes] = set()  # prefixes some monitor subscribed to
@@ -214,32 +237,48 @@ class Broker:
                     # for the CPU while a message was in flight).
                     if _monitor_subscriptions(monitor, watched):
                         for topic, route in routes.items():
-                            route.watched = _matches(topic, watched)
+                            route.watched = route.counter is not None and _matches(topic, watched)
                     time.sleep(_COUNTER_PAUSE)
                     try:
                         part = recv(sock, 0, False)  # waits up to RCVTIMEO when idle
                     except zmq.Again:
                         continue
-                parts = [part]
+                side = part.bytes  # the side frame monitored_queue puts first
+                parts = []
                 while part.more:
                     part = recv(sock, 0, False)
                     parts.append(part)
-                first = parts[0].bytes
-                if len(parts) == 1 and first[:1] in (b"\x00", b"\x01"):
-                    with state.lock:
-                        state.subscriptions[first[1:]] += 1 if first[0] == 1 else -1
+                if side == _FROM_OUT:
+                    first = parts[0].bytes if len(parts) == 1 else b""
+                    if first[:1] in (b"\x00", b"\x01"):
+                        with state.lock:
+                            subs = state.subscriptions
+                            n = subs[first[1:]] + (1 if first[0] == 1 else -1)
+                            subs[first[1:]] = max(0, n)  # a stray cancel never goes below 0
+                    else:
+                        bad["out"] += 1
                     continue
+                if len(parts) != 3:
+                    bad["one_frame" if len(parts) == 1 else "frames"] += 1
+                    continue
+                first = parts[0].bytes
                 route = routes.get(first)
                 if route is None:
-                    key = topic_prefix(first)
-                    with state.lock:  # snapshot() iterates the dict under this lock
-                        c = counters.get(key)
-                        if c is None:
-                            c = counters[key] = TopicCounter()
                     if len(routes) > 65536:
                         routes.clear()
-                    route = routes[first] = _Route(c, _matches(first, watched))
+                    if not _valid_topic(first):
+                        route = routes[first] = _Route(None, False)
+                    else:
+                        key = topic_prefix(first)
+                        with state.lock:  # snapshot() iterates the dict under this lock
+                            c = counters.get(key)
+                            if c is None:
+                                c = counters[key] = TopicCounter()
+                        route = routes[first] = _Route(c, _matches(first, watched))
                 c = route.counter
+                if c is None:
+                    bad["topic"] += 1
+                    continue
                 c.messages += 1
                 c.bytes += sum(map(len, parts))
                 if route.watched:
@@ -250,7 +289,7 @@ class Broker:
                 seen += 1
                 if not seen & 255 and _monitor_subscriptions(monitor, watched):
                     for topic, route in routes.items():
-                        route.watched = _matches(topic, watched)
+                        route.watched = route.counter is not None and _matches(topic, watched)
         except zmq.ContextTerminated:
             pass
         finally:
@@ -282,6 +321,7 @@ class Broker:
                 report = StatsReport(
                     piece=self.name,
                     role="broker",
+                    undecodable=sum(snap["bad"].values()),
                     msgs_in=msgs,
                     msgs_out=msgs,
                     bytes_in=nbytes,
@@ -293,6 +333,7 @@ class Broker:
                         "topics": snap["topics"],
                         "subscriptions": snap["subscriptions"],
                         "monitor_dropped": snap["monitor_dropped"],
+                        "bad": snap["bad"],
                     },
                     **sampler.sample(),
                 )
@@ -318,13 +359,25 @@ class Broker:
 
 
 class _Route:
-    """The counter of one topic frame, and whether a monitor subscribed to that topic."""
+    """The counter of one topic frame (None: not a topic, counted bad), and whether a monitor
+    subscribed to that topic."""
 
     __slots__ = ("counter", "watched")
 
-    def __init__(self, counter: TopicCounter, watched: bool) -> None:
+    def __init__(self, counter: TopicCounter | None, watched: bool) -> None:
         self.counter = counter
         self.watched = watched
+
+
+def _valid_topic(frame: bytes) -> bool:
+    """A topic frame as `envelope.topic_frame` writes it: UTF-8 text ending in TOPIC_END."""
+    if not frame.endswith(TOPIC_END):
+        return False
+    try:
+        frame.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _matches(topic: bytes, prefixes: set[bytes]) -> bool:

@@ -65,9 +65,12 @@ class Input(Protocol):
     """Where a consumer's envelopes come from (broker, pipe, file): what a store and tap take.
 
     `damage` is set when a stream ended on a torn or corrupt record (None: a clean end).
+    `undecodable` counts the messages (or intact stream records) that did not decode and were
+    skipped: the consumer reports it in its stats, it never sees them itself.
     """
 
     damage: StreamDamage | StreamError | None
+    undecodable: int
 
     def recv(self, timeout: float | None = None) -> Envelope | None:
         """The next envelope, None after `timeout` seconds, EndOfInput at a stream's end."""
@@ -281,6 +284,10 @@ class BrokerInput:
         self.subscriber = Subscriber(address, topics, mode=mode, hwm=hwm, keys=keys)
         self.damage = None
 
+    @property
+    def undecodable(self) -> int:
+        return self.subscriber.undecodable
+
     def recv(self, timeout: float | None = None) -> Envelope | None:
         return self.subscriber.recv(timeout)
 
@@ -303,6 +310,7 @@ class StreamInput:
     def __init__(self, fileobj: BinaryIO, *, depth: int = 256) -> None:
         self.damage: StreamDamage | StreamError | None = None
         self.meta: dict = {}
+        self._reader: StreamReader | None = None
         self._items: deque[object] = deque()
         self._depth = depth
         self._has_items = threading.Event()
@@ -324,7 +332,7 @@ class StreamInput:
 
     def _read(self) -> None:
         try:
-            reader = StreamReader(self._f)
+            reader = self._reader = StreamReader(self._f, skip_undecodable=True)
             self.meta = reader.meta.meta
             for rec in reader:
                 self._put(rec.envelope)
@@ -337,6 +345,11 @@ class StreamInput:
         finally:
             self._items.append(_DONE)
             self._has_items.set()
+
+    @property
+    def undecodable(self) -> int:
+        """Intact records whose envelope did not decode (skipped; damage ends the stream)."""
+        return 0 if self._reader is None else self._reader.undecodable
 
     def recv(self, timeout: float | None = None) -> Envelope | None:
         items = self._items

@@ -118,7 +118,9 @@ class PieceView:
         return "ok"
 
     def to_dict(self, now: float, stale_after: float = STALE_AFTER) -> dict[str, Any]:
-        """Plain data for --json and scripts: the report's fields plus the monitor's view."""
+        """Plain data for --json and scripts: every field of the report (those at their
+        default too: a script reads `lost` or `duplicates` as 0, not as missing) plus the
+        monitor's view."""
         out: dict[str, Any] = {
             "node": self.node,
             "piece": self.piece,
@@ -129,7 +131,7 @@ class PieceView:
             "rate": self.rate,
             "alerts": [msgspec.to_builtins(a) for a in self.alerts.values()],
         }
-        report = msgspec.to_builtins(self.report)
+        report = msgspec.to_builtins(msgspec.structs.asdict(self.report))
         report.pop("restarts", None)
         return {**report, **out}
 
@@ -143,6 +145,11 @@ class Totals:
     lost: int  # messages lost, summed over every piece that counts gaps
     missed_reports: int  # stats messages this monitor itself did not receive
     active_alerts: int
+    undecodable: int = 0  # summed over every piece, like the three below
+    duplicates: int = 0
+    jumps: int = 0
+    out_of_epoch: int = 0
+    monitor_undecodable: int = 0  # what this monitor itself could not decode
 
 
 class Monitor:
@@ -162,7 +169,8 @@ class Monitor:
         self._pieces: dict[tuple[str, str], PieceView] = {}
         self._alerts: dict[str, Alert] = {}
         self._gaps = SequenceTracker()  # per stats topic: reports we missed
-        self.undecodable = 0
+        self.undecodable = 0  # reports and alerts whose payload did not decode
+        self.input_undecodable = 0  # messages our input skipped (set by StatsFeed)
         self.lock = threading.Lock()
         self.listeners: list[Callable[[Envelope, Any], None]] = []
 
@@ -300,6 +308,11 @@ class Monitor:
             lost=sum(v.report.lost for v in views),
             missed_reports=self.missed_reports,
             active_alerts=len(self._alerts),
+            undecodable=sum(v.report.undecodable for v in views),
+            duplicates=sum(v.report.duplicates for v in views),
+            jumps=sum(v.report.jumps for v in views),
+            out_of_epoch=sum(v.report.out_of_epoch for v in views),
+            monitor_undecodable=self.undecodable + self.input_undecodable,
         )
 
     def snapshot(self, sort: str = "name") -> dict[str, Any]:
@@ -314,7 +327,12 @@ class Monitor:
                 "pieces": totals.pieces,
                 "by_status": totals.by_status,
                 "lost": totals.lost,
+                "undecodable": totals.undecodable,
+                "duplicates": totals.duplicates,
+                "jumps": totals.jumps,
+                "out_of_epoch": totals.out_of_epoch,
                 "missed_reports": totals.missed_reports,
+                "monitor_undecodable": totals.monitor_undecodable,
                 "active_alerts": totals.active_alerts,
             },
         }
@@ -361,7 +379,7 @@ class StatsFeed:
 
     @property
     def undecodable(self) -> int:
-        return self.input.subscriber.undecodable + self.monitor.undecodable
+        return self.input.undecodable + self.monitor.undecodable
 
     def poll(self, timeout: float = 0.0, limit: int = 10_000) -> int:
         """Take what has arrived (waiting up to `timeout` for the first); returns how many."""
@@ -373,6 +391,7 @@ class StatsFeed:
             if n >= limit:
                 break
             env = self.input.recv(0)
+        self.monitor.input_undecodable = self.input.undecodable
         return n
 
     def run_for(self, seconds: float) -> None:

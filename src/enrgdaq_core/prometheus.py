@@ -71,6 +71,24 @@ METRICS: tuple[MetricSpec, ...] = (
         "daq_undecodable_messages_total", "counter", "Messages that could not be decoded.", PIECE
     ),
     MetricSpec(
+        "daq_duplicate_messages_total",
+        "counter",
+        "Messages seen before (same source, epoch, sequence number).",
+        PIECE,
+    ),
+    MetricSpec(
+        "daq_sequence_jumps_total",
+        "counter",
+        "Lone sequence numbers far off their source's sequence (not loss).",
+        PIECE,
+    ),
+    MetricSpec(
+        "daq_out_of_epoch_messages_total",
+        "counter",
+        "Messages of an older epoch than their source's current one (not a restart).",
+        PIECE,
+    ),
+    MetricSpec(
         "daq_latency_seconds",
         "summary",
         "End-to-end latency: quantiles 0.5, 0.99 and 1 (the max) over the last interval; "
@@ -184,6 +202,9 @@ class MonitorCollector(Collector):
         for source, lost in v.lost_by_source.items():
             put("daq_lost_messages_total", lost, source)
         put("daq_undecodable_messages_total", r.undecodable)
+        put("daq_duplicate_messages_total", r.duplicates)
+        put("daq_sequence_jumps_total", r.jumps)
+        put("daq_out_of_epoch_messages_total", r.out_of_epoch)
         _latency(fam["daq_latency_seconds"], dict(zip(PIECE, lab, strict=True)), r)
         put("daq_queue_depth", r.queue)
         flush_ms = r.extra.get("flush_ms")

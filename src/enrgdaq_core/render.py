@@ -70,6 +70,13 @@ STATUS_STYLE = {
 _ROW_STYLE = {"lossy": "red", "alert": "magenta", "stale": "yellow", "stopped": "dim"}
 _FIXED = 8 + 6 + 6 + 5 + 6 + 6 + 6 + 3  # every column but the piece's
 _GAPS = 8 * 2
+_BAD_FROM = 100  # terminal width from which the table shows the `bad` column
+_BAD = 5
+
+
+def _bad(report: Any) -> int:
+    """A piece's messages wrong in ways other than loss (docs/metrics.md "Loss, exactly")."""
+    return report.undecodable + report.duplicates + report.jumps + report.out_of_epoch
 
 
 def compact(value: float | None) -> str:
@@ -121,7 +128,8 @@ def stats_table(
     nodes = {p.node for p in pieces if p.node}
     if show_node is None:
         show_node = len(nodes) > 1
-    name_width = max(8, width - _FIXED - _GAPS - 1)
+    bad = width >= _BAD_FROM
+    name_width = max(8, width - _FIXED - _GAPS - 1 - (_BAD + 2 if bad else 0))
     table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold underline")
     table.add_column("piece", no_wrap=True, overflow="ellipsis", max_width=name_width)
     table.add_column("status", no_wrap=True, width=8)
@@ -132,6 +140,7 @@ def stats_table(
         ("p50ms", 6),
         ("p99ms", 6),
         ("lost", 6),
+        *((("bad", _BAD),) if bad else ()),
         ("rst", 3),
     ):
         table.add_column(name, justify="right", no_wrap=True, width=w, overflow="ellipsis")
@@ -142,7 +151,7 @@ def stats_table(
         age = _age(p.age(now)) if p.reported else "?"
         shown = status if status != "stale" else f"stale {age}"
         if not p.reported:  # known by name only: no figures to show
-            table.add_row(label, f"[{STATUS_STYLE[status]}]{shown}[/]", *["-"] * 7)
+            table.add_row(label, f"[{STATUS_STYLE[status]}]{shown}[/]", *["-"] * (8 if bad else 7))
             continue
         table.add_row(
             label,
@@ -153,6 +162,7 @@ def stats_table(
             compact(r.latency_p50_ms),
             compact(r.latency_p99_ms),
             compact(r.lost),
+            *((compact(_bad(r)),) if bad else ()),
             compact(p.restarts),
             style=_ROW_STYLE.get(status),
         )
@@ -200,8 +210,16 @@ def stats_view(
         parts.append(Text(f"  ... and {len(alerts) - max_alerts} more alerts", style="magenta"))
     foot = Text(no_wrap=True, overflow="ellipsis", style="dim")
     bad = {k: v for k, v in totals.by_status.items() if v and k != "ok"}
+    odd = {
+        "undecodable": totals.undecodable,
+        "duplicates": totals.duplicates,
+        "jumps": totals.jumps,
+        "out of epoch": totals.out_of_epoch,
+    }
+    odd_text = "  ".join(f"{k} {v}" for k, v in odd.items() if v)
     foot.append(
         f"lost {totals.lost}  missed reports {totals.missed_reports}"
+        + (f"  bad: {odd_text}" if odd_text else "")
         + "".join(f"  {k} {v}" for k, v in bad.items())
     )
     if hint:

@@ -7,6 +7,7 @@ a log-bucketed histogram of (receive time - header send time), not an average.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import time
@@ -17,6 +18,9 @@ import msgspec
 from enrgdaq_core.envelope import Header, node_name
 
 __all__ = [
+    "DUPLICATE",
+    "EPOCH_AHEAD_LIMIT_NS",
+    "JUMP_LIMIT",
     "LatencyHistogram",
     "Meter",
     "ProcessSampler",
@@ -32,6 +36,9 @@ class StatsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     The fields are the documented metrics (docs/metrics.md): counters since start, rates over
     the last interval, `lost` from sequence gaps, latency percentiles, `queue` inside the piece,
     CPU and memory; `extra` holds a piece's own figures (a store's `bad_messages`, ...).
+    `undecodable`, `duplicates`, `jumps` and `out_of_epoch` count the other ways a message can be
+    wrong, each apart from loss (docs/metrics.md). New fields have defaults, so a report of an
+    older piece still decodes.
     """
 
     piece: str
@@ -51,7 +58,12 @@ class StatsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     mb_in: float = 0.0  # MB/s over the last interval
     mb_out: float = 0.0
     lost: int = 0  # messages missed, from sequence gaps
-    undecodable: int = 0
+    undecodable: int = 0  # messages or records that did not decode (skipped)
+    duplicates: int = 0  # messages seen before (same source, epoch, seq): not stored again
+    jumps: int = 0  # lone sequence numbers far off their source's sequence (not loss)
+    out_of_epoch: int = (
+        0  # of an older epoch than their source's (replays), or one ahead of the clock
+    )
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
@@ -161,48 +173,327 @@ class LatencyHistogram:
         return self.max
 
 
-class SequenceTracker:
-    """Per-source gap accounting. A new epoch (the source restarted) starts a new sequence."""
+JUMP_LIMIT = 100_000
+"""A forward gap of more than this many sequence numbers is not loss on sight: the message past
+it counts as a `jump` until its source's next message continues from it (then the gap was real,
+it is counted as lost and the jump taken back). One forged or corrupt sequence number costs one
+jump, never a million lost messages, and the source's real messages go on as before."""
 
-    __slots__ = ("expected", "epochs", "lost", "duplicates", "received")
+EPOCH_AHEAD_LIMIT_NS = 86_400 * 10**9
+"""A new epoch further than this (a day) ahead of the receiver's clock is no restart: epochs are
+start times, and no source starts tomorrow. Its message counts as out_of_epoch."""
+
+MAX_HOLES = 256  # gaps remembered per epoch, for duplicates and late arrivals (then forgotten)
+MAX_EPOCHS = 4  # earlier epochs remembered per source, for duplicates of their messages
+
+DUPLICATE = -1
+"""What `SequenceTracker.observe` returns for a message already seen (same source, epoch, seq)."""
+
+
+def _lo(run: list[int]) -> int:
+    return run[0]
+
+
+class _Track:
+    """The sequence numbers seen of one (source, epoch), as sorted disjoint runs `[lo, hi]`.
+
+    The holes between runs are the lost messages, except around an *outlier*: a lone message
+    further than JUMP_LIMIT from each neighbour (a jump, not loss). An `anchor` is a virtual
+    message where the source is known to have been (a store's state file; -1 before a restarted
+    source's first message): it and the JUMP_LIMIT numbers below it count as seen, never as
+    received, until messages further below contradict it (a state file written after a forged
+    number): then it is an outlier.
+    """
+
+    __slots__ = (
+        "epoch",
+        "runs",
+        "tail",
+        "anchor",
+        "pinned",
+        "floor",
+        "lost",
+        "jumps",
+        "settled",
+        "counted",
+        "doubted",
+        "_base",
+    )
+
+    def __init__(self, epoch: int, anchor: int | None = None, *, counted: bool = True) -> None:
+        self.epoch = epoch
+        self.anchor = anchor
+        self.pinned = anchor is not None  # the anchor is still a run of its own
+        self.runs: list[list[int]] = [] if anchor is None else [[anchor, anchor]]
+        self.tail: list[int] = self.runs[-1] if self.runs else [0, -2]
+        self.floor: int | None = None  # up to here forgotten (more than MAX_HOLES holes)
+        self.lost = 0
+        self.jumps = 0
+        self.settled = 0 if self.runs else -1  # the newest run that is no outlier
+        self.counted = counted  # False: an epoch known only from out_of_epoch messages
+        self.doubted = False  # the anchor was contradicted from below: it no longer vouches
+        self._base = (0, 0)  # lost and jumps of forgotten runs
+
+    def add(self, seq: int) -> int:
+        """Record `seq`: DUPLICATE if it was seen, else how much `lost` grew (0 or more)."""
+        if self.floor is not None and seq <= self.floor:
+            self._base = (self._base[0], self._base[1] + 1)  # older than remembered: kept
+            self.jumps += 1
+            return 0
+        a = self.anchor
+        if a is not None and a - JUMP_LIMIT < seq < a and not self.doubted:
+            return DUPLICATE  # settled before the anchor was set (by the store's last process)
+        runs = self.runs
+        i = bisect.bisect_right(runs, seq, key=_lo)  # runs[:i] start at or before seq
+        if i and seq <= runs[i - 1][1]:
+            return DUPLICATE
+        before = self.lost
+        left = runs[i - 1] if i else None
+        right = runs[i] if i < len(runs) else None
+        if left is not None and left[1] + 1 == seq:
+            left[1] = seq
+            if right is not None and right[0] == seq + 1:
+                left[1] = right[1]
+                del runs[i]
+        elif right is not None and right[0] == seq + 1:
+            right[0] = seq
+        else:
+            runs.insert(i, [seq, seq])
+        if len(runs) > MAX_HOLES:
+            self._account()
+            lost, jumps = self.lost, self.jumps
+            self.floor = runs.pop(0)[1]
+            self._account()
+            self._base = (self._base[0] + lost - self.lost, self._base[1] + jumps - self.jumps)
+        self.tail = runs[-1]
+        self._account()
+        return max(0, self.lost - before)
+
+    def _account(self) -> None:
+        """Recount lost and jumps from the runs (after any change off the fast path)."""
+        runs = self.runs
+        n = len(runs)
+        limit = JUMP_LIMIT
+        anchor = self.anchor if self.pinned else None
+        pinned = False
+        outlier = [False] * n
+        for i, (lo, hi) in enumerate(runs):
+            if lo != hi:
+                continue
+            left: int | None = None
+            if i:
+                left = lo - runs[i - 1][1] - 1
+            elif self.floor is not None:
+                left = lo - self.floor - 1
+            right = runs[i + 1][0] - hi - 1 if i + 1 < n else None
+            if lo == anchor:
+                pinned = True
+                outlier[i] = left is not None and left > limit and (right is None or right > limit)
+                self.doubted = outlier[i]
+            elif left is not None or right is not None:
+                outlier[i] = (left is None or left > limit) and (right is None or right > limit)
+        self.pinned = pinned
+        lost = jumps = between = 0
+        prev: int | None = None
+        self.settled = -1
+        for i, (lo, hi) in enumerate(runs):
+            if outlier[i]:
+                jumps += 1
+                between += 1
+                continue
+            if prev is not None:
+                lost += lo - prev - 1 - between
+            prev, between, self.settled = hi, 0, i
+        self.lost = self._base[0] + lost
+        self.jumps = self._base[1] + jumps
+
+    def messages(self) -> int:
+        """How many messages were received (the anchor is not one)."""
+        seen = sum(hi - lo + 1 for lo, hi in self.runs)
+        a = self.anchor
+        if a is not None and any(lo <= a <= hi for lo, hi in self.runs):
+            seen -= 1
+        return seen
+
+    def position(self) -> int | None:
+        """The newest sequence number on the source's track (outliers left out)."""
+        return self.runs[self.settled][1] if self.settled >= 0 else None
+
+
+class SequenceTracker:
+    """Per-source sequence accounting: lost, duplicate, jumped and out-of-epoch messages.
+
+    A source numbers its messages 0, 1, 2, ... per epoch (its start time). A hole is `lost`;
+    a number seen before is a `duplicate` (`observe` returns DUPLICATE: a store does not write
+    it again); a lone number more than JUMP_LIMIT away is a `jump` (not loss, see JUMP_LIMIT); a
+    newer epoch is a restart (its first messages missed are lost); a message of an older epoch
+    (a replayed or delayed one) is `out_of_epoch`, kept, and changes nothing: no restart. Docs:
+    docs/metrics.md "Loss".
+    """
+
+    __slots__ = (
+        "received",
+        "duplicates",
+        "out_of_epoch",
+        "lost",
+        "jumps",
+        "odd",
+        "last_odd",
+        "_tracks",
+        "_old",
+        "_base",
+    )
 
     def __init__(self) -> None:
-        self.expected: dict[str, int] = {}
-        self.epochs: dict[str, int] = {}
-        self.lost: dict[str, int] = {}
-        self.duplicates: dict[str, int] = {}
         self.received: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+        self.out_of_epoch: dict[str, int] = {}
+        self.lost: dict[str, int] = {}  # sources with a loss only
+        self.jumps: dict[str, int] = {}
+        self._tracks: dict[str, _Track] = {}  # each source's current epoch
+        self._old: dict[str, dict[int, _Track]] = {}  # its earlier epochs, newest MAX_EPOCHS
+        self._base: dict[str, tuple[int, int]] = {}  # lost and jumps of forgotten epochs
+        self.odd = 0  # duplicates, jumps and out-of-epoch messages so far: a change says "log it"
+        self.last_odd = ""  # what the latest of them was
 
     def observe(self, header: Header) -> int:
-        """Record one message; returns how many were missed just before it."""
+        """Record one message: DUPLICATE, else how many were missed just before it."""
         src = header.source
-        seq = header.seq
         self.received[src] = self.received.get(src, 0) + 1
-        if self.epochs.get(src) != header.epoch:
-            # First message of this source (or of its new incarnation): messages before seq 0
-            # of a new epoch were never sent to us, unless we joined late, which a seq > 0 shows.
-            known = src in self.epochs
-            self.epochs[src] = header.epoch
-            self.expected[src] = seq + 1
-            gap = seq if known else 0
-            if gap:
-                self.lost[src] = self.lost.get(src, 0) + gap
-            return gap
-        want = self.expected[src]
-        if seq == want:
-            self.expected[src] = seq + 1
+        t = self._tracks.get(src)
+        if t is not None and header.epoch == t.epoch:
+            tail = t.tail
+            if header.seq == tail[1] + 1 and tail[0] < tail[1]:  # the next one: nothing changes
+                tail[1] = header.seq
+                return 0
+        return self._observe(src, t, header)
+
+    def _observe(self, src: str, t: _Track | None, header: Header) -> int:
+        seq, epoch = header.seq, header.epoch
+        if t is None:  # the first message: those before it were not sent to us (joined late)
+            t = self._tracks[src] = _Track(epoch)
+            t.add(seq)
             return 0
-        if seq > want:
-            gap = seq - want
-            self.lost[src] = self.lost.get(src, 0) + gap
-            self.expected[src] = seq + 1
+        jumps = self.jumps.get(src, 0)
+        old = self.out_of_epoch.get(src, 0)
+        if epoch == t.epoch:
+            gap = t.add(seq)
+        elif epoch > t.epoch:
+            if epoch - time.time_ns() > EPOCH_AHEAD_LIMIT_NS:
+                self.out_of_epoch[src] = old + 1
+                self._odd("out-of-epoch (its epoch is ahead of the clock)")
+                return 0
+            self._retire(src, t)  # restarted: the new epoch counts from -1
+            t = self._tracks[src] = _Track(epoch, anchor=-1)
+            gap = t.add(seq)
+        else:
+            gap = self._older(src, t, header)
+        if gap == DUPLICATE:
+            self.duplicates[src] = self.duplicates.get(src, 0) + 1
+            self._odd("duplicate")
             return gap
-        self.duplicates[src] = self.duplicates.get(src, 0) + 1
+        self._recount(src)
+        if self.jumps.get(src, 0) > jumps:
+            self._odd("out-of-sequence (a jump)")
+        elif self.out_of_epoch.get(src, 0) > old:
+            self._odd("out-of-epoch (an older epoch)")
+        return gap
+
+    def _odd(self, what: str) -> None:
+        self.odd += 1
+        self.last_odd = what
+
+    def _older(self, src: str, current: _Track, header: Header) -> int:
+        """A message of an epoch before the current one: a duplicate, out of epoch, or proof that
+        the current epoch is no restart (its one message came while the old one still sent)."""
+        old = self._old.setdefault(src, {})
+        t = old.get(header.epoch)
+        if t is None:
+            t = old[header.epoch] = _Track(header.epoch, counted=False)
+            self._trim(src)
+        gap = t.add(header.seq)
+        if gap == DUPLICATE:
+            return gap
+        if (
+            t.counted
+            and header.epoch == max(old)
+            and t.tail[1] == header.seq
+            and current.messages() == 1
+            and header.time_ns > current.epoch
+        ):  # sent after the "new" epoch began: the old process lives, the new epoch was bogus
+            del old[header.epoch]
+            self._tracks[src] = t
+            lost, jumps = self._base.get(src, (0, 0))
+            self._base[src] = (lost, jumps + 1)  # the bogus epoch's one message: a jump
+            return gap
+        self.out_of_epoch[src] = self.out_of_epoch.get(src, 0) + 1
         return 0
+
+    def _retire(self, src: str, t: _Track) -> None:
+        self._old.setdefault(src, {})[t.epoch] = t
+        self._trim(src)
+
+    def _trim(self, src: str) -> None:
+        old = self._old[src]
+        while len(old) > MAX_EPOCHS:
+            gone = old.pop(min(old))
+            if gone.counted:
+                lost, jumps = self._base.get(src, (0, 0))
+                self._base[src] = (lost + gone.lost, jumps + gone.jumps)
+
+    def _recount(self, src: str) -> None:
+        lost, jumps = self._base.get(src, (0, 0))
+        t = self._tracks[src]
+        lost += t.lost
+        jumps += t.jumps
+        for o in self._old.get(src, {}).values():
+            if o.counted:
+                lost += o.lost
+                jumps += o.jumps
+        for counts, n in ((self.lost, lost), (self.jumps, jumps)):
+            if n:
+                counts[src] = n
+            else:
+                counts.pop(src, None)
+
+    def resume(self, source: str, epoch: int, last: int) -> None:
+        """Continue a source known to have reached `last` in `epoch` (a store's state file)."""
+        self._tracks[source] = _Track(epoch, anchor=last)
+        self._old.pop(source, None)
+
+    def position(self, source: str) -> tuple[int, int] | None:
+        """(epoch, newest sequence number) of the source's track, jumps left out."""
+        t = self._tracks.get(source)
+        if t is None:
+            return None
+        pos = t.position()
+        return None if pos is None else (t.epoch, pos)
+
+    @property
+    def epochs(self) -> dict[str, int]:
+        """Each source's current epoch."""
+        return {s: t.epoch for s, t in self._tracks.items()}
+
+    @property
+    def expected(self) -> dict[str, int]:
+        """The next sequence number each source's track expects."""
+        return {s: p[1] + 1 for s in self._tracks if (p := self.position(s)) is not None}
 
     @property
     def total_lost(self) -> int:
         return sum(self.lost.values())
+
+    @property
+    def total_duplicates(self) -> int:
+        return sum(self.duplicates.values())
+
+    @property
+    def total_jumps(self) -> int:
+        return sum(self.jumps.values())
+
+    @property
+    def total_out_of_epoch(self) -> int:
+        return sum(self.out_of_epoch.values())
 
 
 class ProcessSampler:
@@ -285,7 +576,7 @@ class Meter:
         self._last = (time.monotonic(), 0, 0, 0, 0)
 
     def received(self, header: Header, nbytes: int, now_ns: int | None = None) -> int:
-        """Count one incoming message; returns the sequence gap before it."""
+        """Count one incoming message; returns the sequence gap before it, or DUPLICATE."""
         if now_ns is None:
             now_ns = time.time_ns()
         self.msgs_in += 1
@@ -317,9 +608,16 @@ class Meter:
         def ms(v: float | None) -> float | None:
             return None if v is None else round(v * 1e3, 4)
 
+        seqs = self.sequences
         extra = dict(self.extra)
-        if self.sequences.lost:
-            extra.setdefault("lost_by_source", dict(self.sequences.lost))
+        for key, counts in (
+            ("lost_by_source", seqs.lost),
+            ("duplicates_by_source", seqs.duplicates),
+            ("jumps_by_source", seqs.jumps),
+            ("out_of_epoch_by_source", seqs.out_of_epoch),
+        ):
+            if counts:
+                extra.setdefault(key, dict(counts))
 
         report = StatsReport(
             piece=self.piece,
@@ -334,8 +632,11 @@ class Meter:
             rate_out=(self.msgs_out - mo) / dt,
             mb_in=(self.bytes_in - bi) / dt / 1e6,
             mb_out=(self.bytes_out - bo) / dt / 1e6,
-            lost=self.sequences.total_lost,
+            lost=seqs.total_lost,
             undecodable=self.undecodable,
+            duplicates=seqs.total_duplicates,
+            jumps=seqs.total_jumps,
+            out_of_epoch=seqs.total_out_of_epoch,
             latency_p50_ms=ms(hist.percentile(0.5)),
             latency_p99_ms=ms(hist.percentile(0.99)),
             latency_max_ms=ms(hist.max) if hist.n else None,

@@ -259,12 +259,27 @@ class StreamReader:
         Byte offset the reader starts at (reported in records and damage).
     expect_header:
         False for a record-only stream (a writer with `header=False`).
+    skip_undecodable:
+        True: a record whose length and checksum are right but whose envelope does not decode
+        (a garbled topic or header written by a buggy or hostile writer) is counted in
+        `undecodable` and skipped, as a consumer of the broker skips such a message: the
+        framing is intact, so the records after it are read. False: it ends the stream as
+        damage (tools that check a file, `daq replay --info`, want to hear about it).
     """
 
-    def __init__(self, fileobj: BinaryIO, *, offset: int = 0, expect_header: bool = True) -> None:
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        *,
+        offset: int = 0,
+        expect_header: bool = True,
+        skip_undecodable: bool = False,
+    ) -> None:
         self._f = fileobj
         self.offset = offset
         self.index = 0
+        self.skip_undecodable = skip_undecodable
+        self.undecodable = 0
         self.meta = StreamMeta(VERSION, {})
         if expect_header:
             self.meta = read_file_header(fileobj, offset=offset)
@@ -302,7 +317,12 @@ class StreamReader:
             try:
                 env = _decode_body(memoryview(body))
             except EnvelopeError as exc:
-                raise StreamDamage(f"undecodable record ({exc})", start, self.index) from None
+                if not self.skip_undecodable:
+                    raise StreamDamage(f"undecodable record ({exc})", start, self.index) from None
+                self.undecodable += 1
+                self.offset = start + _RECORD_HEAD.size + body_len
+                self.index += 1
+                continue
             self.offset = start + _RECORD_HEAD.size + body_len
             rec = Record(start, self.index, env, head, body)
             self.index += 1

@@ -1,4 +1,4 @@
-"""The receive loop of `daq tap`: take messages from an input, hand each on, count gaps.
+"""The receive loop of `daq tap`: take messages from an input, hand each on, count what is odd.
 
 A plain function so it is tested with a fake input (no broker, no process); the CLI only
 chooses the input and the sink (the envelope stream, or a line per message) and renders.
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from enrgdaq_core.envelope import Envelope, Kind
-from enrgdaq_core.stats import SequenceTracker
+from enrgdaq_core.stats import DUPLICATE, SequenceTracker
 
-__all__ = ["TapResult", "tap"]
+__all__ = ["DUPLICATE", "TapResult", "tap"]
 
 POLL = 0.2  # seconds one wait for a message lasts: how soon a stop flag or idle flush acts
 
@@ -29,10 +29,27 @@ class _Stop(Protocol):
 
 @dataclass(slots=True)
 class TapResult:
-    """What a tap saw: messages handed on, and messages missed (sequence gaps)."""
+    """What a tap saw: messages handed on, messages missed (sequence gaps), and the messages
+    wrong in other ways (docs/metrics.md "Loss, exactly"): not decodable (skipped by the
+    input), seen before, far off their source's sequence, of an older epoch."""
 
     seen: int = 0
     missed: int = 0
+    undecodable: int = 0
+    duplicates: int = 0
+    jumps: int = 0
+    out_of_epoch: int = 0
+
+    def problems(self) -> dict[str, int]:
+        """The non-zero counts, by name, for a summary line."""
+        counts = {
+            "missed": self.missed,
+            "undecodable": self.undecodable,
+            "duplicates": self.duplicates,
+            "jumps": self.jumps,
+            "out_of_epoch": self.out_of_epoch,
+        }
+        return {k: v for k, v in counts.items() if v}
 
 
 def tap(
@@ -48,7 +65,8 @@ def tap(
 ) -> TapResult:
     """Hand each message to `sink(env, missed_before_it)` until `stop`, `count` or idle.
 
-    `on_idle` runs whenever a wait for a message ends empty (flush a pipe: its reader must
+    `missed_before_it` is DUPLICATE for a message seen before (it is handed on all the same:
+    a tap shows what flows). `on_idle` runs whenever a wait for a message ends empty (flush a pipe: its reader must
     not wait for a full buffer). `idle_timeout` ends the tap after that many seconds without
     a message. Stats reports are not sequence-checked (a piece's reports are not data).
     """
@@ -68,4 +86,8 @@ def tap(
         gap = seqs.observe(env.header) if env.kind is not Kind.STATS else 0
         sink(env, gap)
     result.missed = seqs.total_lost
+    result.undecodable = getattr(inp, "undecodable", 0)  # the input skips and counts those
+    result.duplicates = seqs.total_duplicates
+    result.jumps = seqs.total_jumps
+    result.out_of_epoch = seqs.total_out_of_epoch
     return result

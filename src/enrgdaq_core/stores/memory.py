@@ -137,6 +137,7 @@ class _ListInput:
     """The runner's input over a finite sequence of envelopes."""
 
     damage = None
+    undecodable = 0
 
     def __init__(self, envelopes: Iterable[Envelope]) -> None:
         self._it = iter(envelopes)

@@ -8,7 +8,8 @@ the runner stops reading, so backpressure reaches the producer instead of anythi
 dropped) and is retried with backoff.
 
 Errors never stop the store: an undecodable message or one of a kind the backend does not
-store is counted (`bad_messages`) and logged; a file write that fails with an OS error (disk
+store is counted (`bad_messages`) and logged; a duplicate (a source, epoch and sequence number
+already seen) is counted (`duplicates`) and not written again; a file write that fails with an OS error (disk
 full) keeps the rows and retries into a new file part; rows a backend rejects outright (a
 value it cannot represent) are counted (`rejected_rows`) and logged with the reason.
 """
@@ -29,7 +30,7 @@ from enrgdaq_core.backoff import Backoff
 from enrgdaq_core.channels import EndOfInput, Input
 from enrgdaq_core.envelope import DATA_KINDS, Envelope, EnvelopeError, Header, Kind, Source
 from enrgdaq_core.signals import StopFlag
-from enrgdaq_core.stats import Meter
+from enrgdaq_core.stats import DUPLICATE, Meter
 from enrgdaq_core.stores.base import (
     Backend,
     Destination,
@@ -174,8 +175,10 @@ class StoreRunner:
         self._throttle = _Throttle()
         self.files: list[str] = []
         self.files_opened = 0
-        self.bad_messages = 0
+        self.bad_messages = 0  # undecodable here, or of a kind this backend does not store
+        self.undecodable = 0  # here: bad store settings, a payload that does not decode
         self.wrong_kind = 0
+        self._input: Input | None = None  # its own `undecodable`: what never reached us
         self.retries = 0
         self.write_errors = 0
         self.rejected_rows = 0
@@ -218,17 +221,19 @@ class StoreRunner:
             return
         seq = self.meter.sequences
         for source, (epoch, last) in marks.items():
-            seq.epochs[source] = epoch
-            seq.expected[source] = last + 1
+            seq.resume(source, epoch, last)
         self._marks = marks
 
-    def _mark(self, source: str, epoch: int, seq: int) -> None:
+    def _mark(self, source: str) -> None:
+        """Record where the source's sequence stands, once nothing of it is buffered: every
+        message received is then written or counted. The sequence tracker's position leaves
+        out jumps, so a forged number is never written as a mark."""
         if self._state_file is None:
             return
-        known = self._marks.get(source)
-        if known is not None and (known[0] > epoch or (known[0] == epoch and known[1] >= seq)):
-            return  # marks only move forward (epochs are the sources' start times)
-        self._marks[source] = [epoch, seq]
+        pos = self.meter.sequences.position(source)
+        if pos is None or self._marks.get(source) == list(pos):
+            return
+        self._marks[source] = list(pos)
         try:
             atomic_write(self._state_file, json.dumps({"written": self._marks}))
         except OSError as exc:
@@ -384,7 +389,22 @@ class StoreRunner:
 
     def handle(self, env: Envelope) -> None:
         h = env.header
-        self.meter.received(h, env.nbytes)
+        seqs = self.meter.sequences
+        odd = seqs.odd
+        gap = self.meter.received(h, env.nbytes)
+        if seqs.odd != odd:  # a duplicate, a jump or out of epoch: say so, now and then
+            self._warn(
+                f"seq:{h.source}",
+                "%s: %s message from %s (epoch %d, seq %d)%s",
+                self.name,
+                seqs.last_odd,
+                h.source,
+                h.epoch,
+                h.seq,
+                " not stored again" if gap == DUPLICATE else "",
+            )
+            if gap == DUPLICATE:
+                return
         self._seen_sources.add(h.source)
         if h.kind is Kind.EOS:
             self._ended_sources.add(h.source)
@@ -393,12 +413,12 @@ class StoreRunner:
                     self._add(self._slot_for(env), env)
                 except EnvelopeError as exc:  # bad settings: counted like the data was
                     self.bad_messages += 1
-                    self.meter.undecodable += 1
+                    self.undecodable += 1
                     log.warning("end of stream from %s not recorded: %s", h.source, exc)
             for key in [k for k in self._slots if k[0] == h.source]:
                 self._retire(self._slots.pop(key))
             if not any(s.buffer for s in self._retiring if s.source == h.source):
-                self._mark(h.source, h.epoch, h.seq)
+                self._mark(h.source)
             return
         self._ended_sources.discard(h.source)  # a source that ended and came back is open
         if h.kind not in self.backend.kinds:
@@ -422,7 +442,7 @@ class StoreRunner:
             self._add(slot, env)
         except EnvelopeError as exc:
             self.bad_messages += 1
-            self.meter.undecodable += 1
+            self.undecodable += 1
             self._warn(
                 f"bad:{h.source}",
                 "dropped undecodable message from %s seq %d: %s",
@@ -527,7 +547,7 @@ class StoreRunner:
             and slot.last is not None
             and not any(s.buffer for s in self._all_slots() if s.source == slot.source)
         ):  # another slot of the source (a retiring one) may still hold older rows
-            self._mark(slot.source, *slot.last)
+            self._mark(slot.source)
         self.last_flush_ms = (time.perf_counter() - t0) * 1e3
         self.max_flush_ms = max(self.max_flush_ms, self.last_flush_ms)
         self._maybe_rotate(slot)
@@ -683,6 +703,14 @@ class StoreRunner:
     def report(self, *, final: bool = False) -> None:
         m = self.meter
         m.queue = self.pending_rows
+        # what the input could not decode (a ZeroMQ message, a stream record) never reached
+        # handle(): it is counted there, and reported here with ours; a stream that ended on
+        # a damaged record (torn, corrupt) counts that record too, and says why
+        inp = self._input
+        not_read = getattr(inp, "undecodable", 0) if inp is not None else 0
+        damage = getattr(inp, "damage", None) if inp is not None else None
+        not_read += damage is not None
+        m.undecodable = self.undecodable + not_read
         m.extra = {
             "files": list(self.files[-20:]),
             "files_opened": self.files_opened,
@@ -695,7 +723,7 @@ class StoreRunner:
             "write_errors": self.write_errors,
             "rejected_rows": self.rejected_rows,
             "refused_paths": self.refused_paths,
-            "bad_messages": self.bad_messages,
+            "bad_messages": self.bad_messages + not_read,
             "wrong_kind": self.wrong_kind,
             "schema_changes": self.schema_changes,
             "rotations": self.rotations,
@@ -707,6 +735,8 @@ class StoreRunner:
             "open_sources": sorted(self._seen_sources - self._ended_sources),
             **self.backend.stats(),
         }
+        if damage is not None:
+            m.extra["input_damage"] = str(damage)
         if final:
             m.extra["final"] = True
         self.max_flush_ms = 0.0
@@ -725,6 +755,7 @@ class StoreRunner:
 
     def run(self, inp: Input, stop: StopFlag, *, exit_on_eos: bool = False) -> StoreResult:
         result = StoreResult(self.meter)
+        self._input = inp
         next_report = time.monotonic() + self.stats_interval
         try:
             while not stop.is_set():
@@ -754,16 +785,22 @@ class StoreRunner:
         finally:
             result.failed_rows = self._shutdown()
             self.report(final=True)
+            seqs = self.meter.sequences
             log.info(
-                "%s: %d rows in %d writes to %d file(s)/destination(s); %d bad messages, "
-                "%d rejected rows, %d lost upstream",
+                "%s: %d rows in %d writes to %d file(s)/destination(s); %d bad messages "
+                "(%d undecodable), %d rejected rows, %d lost upstream, %d duplicates "
+                "(not stored again), %d sequence jumps, %d out of epoch",
                 self.name,
                 self.meter.rows_out,
                 self.meter.msgs_out,
                 self.files_opened,
-                self.bad_messages,
+                self.bad_messages + self.meter.undecodable - self.undecodable,
+                self.meter.undecodable,
                 self.rejected_rows,
-                self.meter.sequences.total_lost,
+                seqs.total_lost,
+                seqs.total_duplicates,
+                seqs.total_jumps,
+                seqs.total_out_of_epoch,
             )
         return result
 
