@@ -86,11 +86,14 @@ def check_store_outputs(
     if not backend.extension:
         return
     if destination:
-        settings = msgspec.convert(overrides, backend.Settings)
+        try:
+            extension = backend.extension_for(msgspec.convert(overrides, backend.Settings))
+        except msgspec.ValidationError:  # refused where the settings are used, per message
+            extension = backend.extension
         where = file_path(
             destination,
             source="{source}",
-            extension=backend.extension_for(settings),
+            extension=extension,
             out_dir=backend.options.out_dir,
         )
         origin, problem = "-o", output_problem(where)
