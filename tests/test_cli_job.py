@@ -19,6 +19,7 @@ from enrgdaq_core.envelope import Kind
 from enrgdaq_core.jobs import names, resolve
 from enrgdaq_core.jobs.describe import describe
 from enrgdaq_core.stream import StreamReader
+from enrgdaq_core.transport import BrokerAddress
 
 HEAVY = ("pyarrow", "uproot", "h5py")
 
@@ -197,8 +198,43 @@ def test_job_run_without_a_broker_says_so(procs: Procs, tmp_path: Path) -> None:
     assert p.returncode == 1
     inbound = f"ipc://{procs.env['DAQ_RUNTIME_DIR']}/broker.in"
     assert p.stderr.decode().splitlines()[-1] == (
-        f"daq: error: no broker at {inbound} after 0.3 s (start one with `daq broker`)"
+        f"daq: error: no broker at {inbound} after 0.3 s (start one with `daq broker` or `daq up`)"
     )
+
+
+def test_job_run_into_a_log_file_publishes_and_dash_still_writes_the_stream(
+    procs: Procs, broker: BrokerAddress, tmp_path: Path
+) -> None:
+    """`daq job run f.toml > job.log` is a log, not a pipe: the job publishes to the broker
+    (the log gets no binary); `-o - > file` still writes the stream there, as asked."""
+    from enrgdaq_core.broker_client import wait_for_subscriptions
+    from enrgdaq_core.channels import BrokerInput
+
+    cfg = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\nname = "s1"\ninterval_seconds = 0\n')
+    inp = BrokerInput(broker, ["data.s1"])
+    try:
+        assert wait_for_subscriptions(broker, ["data.s1"], timeout=20)
+        log = tmp_path / "job.log"
+        with log.open("wb") as f:
+            job = procs.start(
+                "job", "run", str(cfg), "--broker", broker.base, "--count", "3", stdout=f
+            )
+            assert job.wait(60) == 0, job.stderr.read().decode()
+        assert log.read_bytes() == b""
+        kinds = []
+        while not kinds or kinds[-1] is not Kind.EOS:
+            env = inp.recv(20)
+            assert env is not None, kinds
+            kinds.append(env.kind)
+        assert kinds == [Kind.TABLE] * 3 + [Kind.EOS]
+    finally:
+        inp.close()
+    raw = tmp_path / "run.stream"
+    with raw.open("wb") as f:
+        job = procs.start("job", "run", str(cfg), "-o", "-", "--count", "2", stdout=f)
+        assert job.wait(60) == 0, job.stderr.read().decode()
+    with raw.open("rb") as f:
+        assert [r.envelope.kind for r in StreamReader(f)] == [Kind.TABLE] * 2 + [Kind.EOS]
 
 
 def test_job_run_to_a_file_and_name_and_run_flags(procs: Procs, tmp_path: Path) -> None:

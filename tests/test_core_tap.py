@@ -104,3 +104,42 @@ def test_the_stop_flag_ends_it_between_messages() -> None:
 
     tap(FakeInput([_env("a", i) for i in range(10)]), sink, stop=stop)
     assert len(got) == 2
+
+
+def test_on_quiet_is_asked_while_nothing_came_until_it_is_done() -> None:
+    """A tap that sees nothing asks every `quiet_after` seconds until on_quiet says done."""
+    asked: list[float] = []
+    clock = FakeClock(step=0.5)
+    answers = iter([False, True, True])
+
+    def quiet() -> bool:
+        asked.append(clock.now)
+        return next(answers)
+
+    result = tap(
+        FakeInput([]),
+        lambda env, gap: None,
+        stop=threading.Event(),
+        idle_timeout=20.0,
+        on_quiet=quiet,
+        quiet_after=3.0,
+        clock=clock,
+    )
+    assert result.seen == 0
+    assert len(asked) == 2  # not asked again once done
+    assert 3.0 <= asked[0] < 4.0 and asked[1] - asked[0] >= 3.0
+
+
+def test_on_quiet_is_never_asked_once_a_message_came() -> None:
+    asked: list[int] = []
+    clock = FakeClock(step=0.5)
+    result = tap(
+        FakeInput([_env("a", 0)]),
+        lambda env, gap: None,
+        stop=threading.Event(),
+        idle_timeout=10.0,
+        on_quiet=lambda: asked.append(1) or False,
+        quiet_after=1.0,
+        clock=clock,
+    )
+    assert result.seen == 1 and asked == []

@@ -168,7 +168,8 @@ def test_tap_shows_a_line_per_message_on_a_terminal(
     assert len(lines) == 3
     pattern = (
         r"\d\d:\d\d:\d\d\.\d{3} data\.sensor1 table src=sensor1 seq=(\d+) rows=1 cols=4 "
-        r"bytes=\d+ lat=\d+\.\d\dms"
+        r"bytes=\d+ lat=\d+\.\d\dms \| timestamp=\d\d:\d\d:\d\d\.\d{3} "
+        r"ch0=[-\d.e+]+ ch1=[-\d.e+]+ ch2=[-\d.e+]+"
     )
     seqs = [int(re.fullmatch(pattern, line).group(1)) for line in lines]
     assert seqs == list(range(seqs[0], seqs[0] + 3))

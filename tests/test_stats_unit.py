@@ -406,6 +406,29 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_plot_breaks_lines_across_idle_gaps(tmp_path: Path) -> None:
+    """Two runs an hour apart are two line pieces, not one slope across the idle hour."""
+    import re
+
+    from enrgdaq_core.plot import plot_history
+    from enrgdaq_core.stats_history import StatsRecorder
+
+    hist = tmp_path / "stats.csv"
+    rec = StatsRecorder(hist)
+    t0 = 1_700_000_000_000_000_000
+    for start in (0, 3600):  # two runs of 20 reports a second apart, an hour between them
+        for i in range(20):
+            t = t0 + (start + i) * 1_000_000_000
+            rec.write(_report("sensor1", time_ns=t, rate_out=50.0 + i % 3, msgs_out=50 * i))
+    rec.close()
+    svg = plot_history(hist, tmp_path / "rates.svg").read_text()
+    # the throughput line of sensor1 (C0, #1f77b4): its path moves to a new start once
+    paths = re.findall(r'<path d="([^"]+)"[^>]*style="[^"]*stroke: #1f77b4', svg)
+    drawn = max(paths, key=len)
+    assert drawn.count("M") == 2, drawn[:200]
+    assert drawn.count("L") == 38  # 40 points: 19 segments in each run, none between
+
+
 def test_stats_modules_do_not_import_pyarrow() -> None:
     code = (
         "import sys\n"

@@ -15,7 +15,9 @@ app = typer.Typer(help="Run source jobs and write their configs.", no_args_is_he
 RUN_HELP = """Run one source job from a TOML file until Ctrl-C (or --count messages).
 
 Publishes to the broker, or writes the envelope stream to stdout with -o - (the default when
-stdout is a pipe). On SIGINT/SIGTERM it sends end-of-stream and exits 0.
+stdout is a pipe; a file, `> job.log`, is a log and gets no stream unless -o - asks). With no
+broker it says so at once and waits --wait seconds. On SIGINT/SIGTERM it sends end-of-stream
+and exits 0.
 
 Examples:
 

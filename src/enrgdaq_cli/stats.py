@@ -94,13 +94,13 @@ def stats(
 
 
 def _snapshot(addr: Any, *, json_out: bool, wait: float, stale: float, sort: str) -> None:
-    from enrgdaq_core.broker_client import query
+    from enrgdaq_core.broker_client import START_HINT, query
     from enrgdaq_core.monitor import collect
 
     try:
         query(addr, "status", timeout=2.0)
     except TimeoutError:
-        fail(f"no broker answers at {addr.base} (start one with `daq broker`)")
+        fail(f"no broker answers at {addr.base} ({START_HINT})")
     monitor = collect(addr, wait, stale_after=stale)
     if json_out:
         import json

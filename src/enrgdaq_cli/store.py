@@ -126,6 +126,7 @@ def store(
     ] = None,
     address: BrokerOpt = None,
 ) -> None:
+    from enrgdaq_core.broker_client import BrokerWatch
     from enrgdaq_core.channels import open_input, store_source
     from enrgdaq_core.signals import stop_on_signals
     from enrgdaq_core.stores.options import build_backend, parse_assignments
@@ -160,11 +161,14 @@ def store(
             telemetry=telemetry,
             require_target=source is None and not topics,
         )
+        watch = BrokerWatch(addr) if source in (None, "broker") else None  # says it waits
         try:
             if exit_on_eos:
                 runner.expect_sources(list(topics or []))
             result = runner.run(inp, stop, exit_on_eos=exit_on_eos)
         finally:
+            if watch is not None:
+                watch.close()
             inp.close()
             telemetry.close()
         if result.damage is not None:

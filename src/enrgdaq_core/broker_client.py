@@ -4,24 +4,40 @@ Apart from the broker itself so that a piece that only asks (a source confirming
 supervisor gating its sources, `daq stats`) does not import the hub. The schemas of the
 questions are here too (the broker's `reqrep.Server` refuses anything else): each takes no
 field, and each is answered with the broker's whole snapshot.
+
+A command that waits for a broker never waits in silence: `BrokerWatch` (consumers, whose
+sockets connect whenever the broker comes) and `channels.BrokerOutput` (producers) say at
+once, after NOTICE_AFTER seconds, that they wait and where (`waiting_line`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from enrgdaq_core.reqrep import RemoteError, Request, request
 from enrgdaq_core.transport import BrokerAddress, CurveKeys
 
 __all__ = [
+    "NOTICE_AFTER",
     "QUERIES",
+    "START_HINT",
+    "BrokerWatch",
     "CountersQuery",
     "StatusQuery",
     "SubscriptionsQuery",
     "query",
     "wait_for_subscriptions",
+    "waiting_line",
 ]
+
+log = logging.getLogger("enrgdaq.broker")
+
+START_HINT = "start one with `daq broker` or `daq up`"
+NOTICE_AFTER = 1.0  # seconds without a broker before a command says it waits
 
 
 class StatusQuery(Request, tag="status"):
@@ -57,7 +73,7 @@ def query(
         timeout=timeout,
         keys=keys,
         expect="broker",
-        hint=" (start one with `daq broker`)",
+        hint=f" ({START_HINT})",
     )
 
 
@@ -81,3 +97,60 @@ def wait_for_subscriptions(
             return True
         time.sleep(0.05)
     return False
+
+
+def waiting_line(address: BrokerAddress) -> str:
+    """What a command says when it waits for a broker that is not there (one line)."""
+    return f"waiting for the broker at {address.base}; {START_HINT}"
+
+
+class BrokerWatch:
+    """Says (through `say`, once) that a consumer waits for a broker that does not answer, and
+    once more when it does; `answered` tells the caller whether it ever did.
+
+    A subscriber's socket connects whenever the broker comes, so without this a store or a
+    tap started before its broker waits in silence. A thread asks the control endpoint
+    every `poll` seconds until the broker answers or `close()`.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        say: Callable[[str], None] | None = None,
+        keys: CurveKeys | None = None,
+        first: float = NOTICE_AFTER,
+        poll: float = 1.0,
+    ) -> None:
+        self.address = address
+        self.answered = threading.Event()
+        self._say = say or log.warning
+        self._keys = keys
+        self._first = first
+        self._poll = poll
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        said = False
+        timeout = self._first
+        while not self._closed.is_set():
+            try:
+                query(self.address, "status", timeout=timeout, keys=self._keys)
+            except TimeoutError:
+                if not said and not self._closed.is_set():
+                    self._say(waiting_line(self.address))
+                    said = True
+                timeout = self._poll
+                continue
+            except RemoteError:
+                pass  # it refused the question, but it is a broker and it is there
+            self.answered.set()
+            if said and not self._closed.is_set():
+                self._say(f"the broker at {self.address.base} answered")
+            return
+
+    def close(self) -> None:
+        """Stop asking (the thread ends within `poll` seconds; it never holds the exit)."""
+        self._closed.set()

@@ -7,6 +7,7 @@ functions, so `daq job run x.toml | daq store csv` and the broker path behave th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import sys
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO, Protocol
 
 import zmq
 
+from enrgdaq_core.broker_client import NOTICE_AFTER, START_HINT, waiting_line
 from enrgdaq_core.envelope import Envelope
 from enrgdaq_core.stream import StreamDamage, StreamError, StreamReader, StreamWriter
 from enrgdaq_core.transport import BrokerAddress, CurveKeys, Mode, Publisher, Subscriber
@@ -39,6 +41,8 @@ __all__ = [
     "stdout_is_pipe",
     "store_source",
 ]
+
+log = logging.getLogger("enrgdaq.broker")
 
 
 class EndOfInput(Exception):
@@ -107,12 +111,10 @@ class BrokerOutput:
         self._ctx = zmq.Context()
         self.publisher = Publisher(address, keys=keys, ctx=self._ctx)
         self.publisher.interrupt = interrupt
-        if wait is not None and not self.publisher.wait_ready(wait):
+        if wait is not None and not self._wait_ready(wait):
             self.publisher.close(linger=0)
             self._ctx.term()
-            raise ConnectionError(
-                f"no broker at {address.inbound} after {wait:g} s (start one with `daq broker`)"
-            )
+            raise ConnectionError(f"no broker at {address.inbound} after {wait:g} s ({START_HINT})")
         self._broker_start: float | None = None
         self.broker_restarted = False
         baseline = None
@@ -123,6 +125,16 @@ class BrokerOutput:
         # Without a baseline, counts already on the broker (an earlier run of this source)
         # would look like confirmations: then close() confirms nothing and says so.
         self._baseline: dict[str, int] | None = baseline
+
+    def _wait_ready(self, wait: float) -> bool:
+        """Wait for the broker's link, saying at once (after NOTICE_AFTER) that we wait."""
+        first = min(wait, NOTICE_AFTER)
+        if self.publisher.wait_ready(first):
+            return True
+        if wait <= first:
+            return False
+        log.warning(waiting_line(self.address))
+        return self.publisher.wait_ready(wait - first)
 
     def _broker_counts(self) -> dict[str, int] | None:
         from enrgdaq_core.broker_client import query
@@ -393,12 +405,15 @@ def store_source(given: str | None, *, topics: bool, stdin_fd: int = 0) -> str |
     return "-" if stdin_is_stream(stdin_fd) else None
 
 
-def stdout_is_pipe() -> bool:
-    """stdout is not a terminal: commands then write the envelope stream, not text."""
+def stdout_is_pipe(fd: int | None = None) -> bool:
+    """stdout is a pipe or a socket (`| daq store csv`): commands then write the envelope
+    stream, not text. A terminal, a file (`> job.log`) or /dev/null is not: a redirect to a
+    file is a log, and the stream goes there only when asked (`-o -`)."""
     try:
-        return not sys.stdout.isatty()
-    except (AttributeError, ValueError):
+        mode = os.fstat(sys.stdout.fileno() if fd is None else fd).st_mode
+    except (AttributeError, ValueError, OSError):
         return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def open_output(

@@ -6,18 +6,38 @@ a headless DAQ machine over ssh, and `daq --help` never pays for it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from enrgdaq_core.stats_history import HistoryError, Series, read_history
 
+GAP_INTERVALS = 3.0  # a pause longer than this many report intervals breaks the line
+
 
 def _points(series: Series, values: list[float | None]) -> tuple[list, list[float]]:
-    xs, ys = [], []
+    """The points to draw, with a break (NaN, which matplotlib does not join) wherever the
+    piece did not report for more than GAP_INTERVALS of its usual interval: two runs an
+    idle hour apart are two lines, not one slope across the hour."""
+    xs: list = []
+    ys: list[float] = []
     for t, v in zip(series.time, values, strict=True):
         if v is not None:
             xs.append(t)
             ys.append(v)
-    return xs, ys
+    steps = sorted(
+        d for d in (b - a for a, b in zip(xs[:-1], xs[1:], strict=True)) if d.total_seconds() > 0
+    )
+    if not steps:
+        return xs, ys
+    limit = steps[len(steps) // 2] * GAP_INTERVALS
+    out_x, out_y = xs[:1], ys[:1]
+    for prev, t, v in zip(xs[:-1], xs[1:], ys[1:], strict=True):
+        if t - prev > limit:
+            out_x.append(prev + (t - prev) / 2)
+            out_y.append(math.nan)
+        out_x.append(t)
+        out_y.append(v)
+    return out_x, out_y
 
 
 def plot_history(
@@ -73,7 +93,7 @@ def plot_history(
         drew_lost = False
         for s in series:
             xs, ys = _points(s, s.column("lost"))
-            if xs and max(ys) > 0:
+            if xs and max((y for y in ys if not math.isnan(y)), default=0) > 0:
                 ax_lost.step(
                     xs, ys, where="post", label=s.label, linewidth=1.2, color=colour[s.label]
                 )

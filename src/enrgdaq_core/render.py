@@ -34,8 +34,15 @@ def job_types_table(types: dict[str, dict[str, Any]]) -> None:
         _out.print(table)
 
 
-def envelope_line(env: Envelope, now_ns: int | None = None, *, latency: bool = True) -> str:
-    """One readable line for a message: topic, source, seq, shape, size, latency.
+VALUES_WIDTH = 120  # characters of values at most on one message line
+
+
+def envelope_line(
+    env: Envelope, now_ns: int | None = None, *, latency: bool = True, values: bool = True
+) -> str:
+    """One readable line for a message: topic, source, seq, shape, size, latency, then
+    (`values`) what it carries: a table's first row, a raw payload's first bytes, a control
+    body's fields, at most VALUES_WIDTH characters.
 
     `latency=False` leaves the latency out (a replayed message's age says nothing).
     """
@@ -44,18 +51,97 @@ def envelope_line(env: Envelope, now_ns: int | None = None, *, latency: bool = T
     stamp = timefmt.clock(h.time_ns, ms=True)
     lat = (now_ns - h.time_ns) / 1e6 if h.time_ns else 0.0
     shape = ""
+    shown: list[str] = []
     if h.kind is Kind.TABLE:
         try:
             table = env.table()
             shape = f" rows={table.num_rows} cols={table.num_columns}"
+            if values and table.num_rows:
+                shown = _first_row(table)
+                if table.num_rows > 1:
+                    shown.insert(0, "first row:")
         except Exception:
             shape = " (undecodable table)"
     elif h.kind is Kind.RAW:
         shape = " raw"
+        if values and env.nbytes:
+            head = bytes(memoryview(env.payload)[:16])
+            shown = [head.hex(" ") + (" ..." if env.nbytes > 16 else "")]
+    elif values and h.kind is not Kind.EOS:
+        shown = _body_fields(env.payload)
     line = (
         f"{stamp} {env.topic} {h.kind.value} src={h.source} seq={h.seq}{shape} bytes={env.nbytes}"
     )
-    return f"{line} lat={lat:.2f}ms" if latency else line
+    if latency:
+        line += f" lat={lat:.2f}ms"
+    return f"{line} | {_bounded(shown)}" if shown else line
+
+
+def _bounded(items: list[str], width: int = VALUES_WIDTH) -> str:
+    text = ""
+    for item in items:
+        candidate = f"{text} {item}" if text else item
+        if len(candidate) > width:
+            return (text + " ...") if text else item[: width - 4] + " ..."
+        text = candidate
+    return text
+
+
+def _short(value: Any, width: int = 24) -> str:
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, bytes):
+        text = value[:8].hex() + ("..." if len(value) > 8 else "")
+    elif value is None:
+        text = "null"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _first_row(table: Any) -> list[str]:
+    """`name=value` of a table's first row; lists as their first few items and length."""
+    import pyarrow as pa
+
+    out: list[str] = []
+    row = table.slice(0, 1)
+    for field, column in zip(table.schema, row.columns, strict=True):
+        kind = field.type
+        scalar = column[0]
+        if not scalar.is_valid:
+            text = "null"
+        elif pa.types.is_timestamp(kind):
+            ns = column.cast(pa.timestamp("ns", tz=kind.tz)).cast(pa.int64())[0].as_py()
+            text = timefmt.clock(ns, ms=True)
+        elif (
+            pa.types.is_list(kind)
+            or pa.types.is_large_list(kind)
+            or (pa.types.is_fixed_size_list(kind))
+        ):
+            items = scalar.values
+            first = ",".join(_short(v, 10) for v in items.slice(0, 4).to_pylist())
+            text = f"[{first}{',...' if len(items) > 4 else ''}]({len(items)})"
+        else:
+            text = _short(scalar.as_py())
+        out.append(f"{field.name}={text}")
+    return out
+
+
+def _body_fields(payload: bytes | memoryview) -> list[str]:
+    """`key=value` of a control message's (stats, log, alert, run) top-level fields."""
+    import msgspec
+
+    try:
+        body = msgspec.msgpack.decode(payload)
+    except (msgspec.DecodeError, ValueError):
+        return ["(undecodable body)"]
+    if not isinstance(body, dict):
+        return [_short(body)]
+    return [
+        f"{k}={_short(v)}" for k, v in body.items() if not isinstance(v, (dict, list)) and v != ""
+    ]
 
 
 # -- daq stats: the snapshot and watch tables -------------------------------------------------

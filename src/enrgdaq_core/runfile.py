@@ -492,7 +492,7 @@ def build_index(
 ) -> tuple[int, StreamDamage | None]:
     """Write the sidecar index of an existing stream file by scanning it once.
 
-    For files recorded without one (`daq tap ... > x.raw`). Returns (records, damage): the
+    For files recorded without one (`daq tap -o - ... > x.raw`). Returns (records, damage): the
     index covers the records before any damage and is then marked incomplete.
     """
     part = open_part(path, use_index=False)

@@ -40,6 +40,7 @@ from enrgdaq_core.stores.base import (
     TableWriter,
     TransientError,
 )
+from enrgdaq_core.stores.outputs import check_store_outputs
 from enrgdaq_core.stores.paths import date_string, file_path, outside
 from enrgdaq_core.timefmt import parse_period
 from enrgdaq_core.transport import TelemetryPublisher
@@ -152,6 +153,9 @@ class StoreRunner:
             raise TypeError(
                 f"{type(backend).__name__} must subclass TableBackend or EnvelopeBackend"
             )
+        check_store_outputs(
+            backend, name=name, destination=destination, overrides=settings_override or {}
+        )
         self.backend = backend
         self._envelopes = isinstance(backend, EnvelopeBackend)  # whole envelopes, not rows
         self.require_target = require_target

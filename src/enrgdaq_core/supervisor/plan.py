@@ -213,6 +213,8 @@ def load_plan(
     for backend in sorted(set(configs.targets) - set(configs.store_files)):
         issues.extend(_check_store(backend, None, origin=configs.first_user[backend]))
     _check_prometheus(sup, sup_file or directory, issues)
+    if not issues:
+        issues.extend(_check_outputs(configs, _out_dir(out_dir, sup), sup_file, out_dir))
     if issues:
         raise ConfigError(issues)
     assert address is not None
@@ -408,6 +410,44 @@ def _check_store(
     return []
 
 
+def _out_dir(given: str | None, sup: SupervisorConfig) -> Path:
+    return Path(given or sup.out_dir).expanduser().resolve()
+
+
+def _check_outputs(
+    configs: _Configs, out: Path, sup_file: Path | None, given: str | None
+) -> list[ConfigIssue]:
+    """Every file a file store would open first, and out_dir, checked before anything starts:
+    one issue per path that cannot be written, naming the store, the path and the reason."""
+    from enrgdaq_core.stores.options import build_backend
+    from enrgdaq_core.stores.outputs import output_problem, source_output
+
+    problem = output_problem(out, directory=True)
+    if problem is not None:
+        where = ("--out-dir", "") if given else (str(sup_file or "supervisor.toml"), "out_dir")
+        return [ConfigIssue(*where, f"daq up cannot write {out}: {problem}")]
+    issues: list[ConfigIssue] = []
+    backends: dict[str, Any] = {}
+    for path, job in configs.jobs:
+        for name in job.config.store_config.backends():
+            if name not in backends:
+                f = configs.store_files.get(name)
+                own = f.data if f is not None else {}
+                flags = {} if "out_dir" in own else {"out_dir": str(out)}  # as _store_specs
+                cfg = f.path if f is not None else None
+                backends[name], _ = build_backend(name, config_file=cfg, config=own, flags=flags)
+            backend = backends[name]
+            if not backend.extension:
+                continue
+            settings = getattr(job.config.store_config, name)
+            target = source_output(backend, settings, source=job.name, tag=job.config.tag)
+            problem = output_problem(target)
+            if problem is not None:
+                message = f"{store_piece(name)} cannot write {target}: {problem}"
+                issues.append(ConfigIssue(str(path), f"store_config.{name}.file_path", message))
+    return issues
+
+
 # -- build ---------------------------------------------------------------------------------
 
 
@@ -426,7 +466,7 @@ def _build(
     from enrgdaq_core.jobs import UncheckedJob
     from enrgdaq_core.supervisor.control import default_endpoint
 
-    out = Path(out_dir or sup.out_dir).expanduser().resolve()
+    out = _out_dir(out_dir, sup)
     daq = daq_command()
     warnings = [
         f"{path}: job type {job.config.daq_job_type!r} not imported, so only the keys every "
