@@ -120,9 +120,16 @@ def test_kill_9_of_daq_up_stops_the_children_in_order_losing_nothing(
     assert m is not None, broker_log[-3000:]
     assert all(summary[s][0] <= _when(m[1]) for s in STORES), (summary, m[0])
     assert "broker broker stopped" in broker_log.splitlines()[-2:], broker_log[-3000:]
-    # each child says it found daq up gone, in its own log
+    # each child says it found daq up gone, in its own log, and wrote on there without a
+    # failed write to the dead pipe
     for name in ("broker", "sensor1", *STORES):
-        assert "daq up is gone" in (logs / f"{name}.log").read_text(), name
+        text = (logs / f"{name}.log").read_text(errors="replace")
+        assert "daq up is gone" in text, (name, text[-3000:])
+        for bad in ("Traceback", "Logging error", "Broken pipe", "BrokenPipe"):
+            assert bad not in text, (name, text[-3000:])
+    assert (
+        f"sensor1: {sent} messages sent, then end-of-stream" in (logs / "sensor1.log").read_text()
+    )
 
     # the run's record and the stats files say it ended abnormally
     runs = json.loads((out / "runs.json").read_text())["runs"]
