@@ -210,7 +210,9 @@ def test_job_run_into_a_log_file_publishes_and_dash_still_writes_the_stream(
     from enrgdaq_core.broker_client import wait_for_subscriptions
     from enrgdaq_core.channels import BrokerInput
 
-    cfg = write(tmp_path / "s.toml", 'daq_job_type = "sensor"\nname = "s1"\ninterval_seconds = 0.0001\n')
+    cfg = write(
+        tmp_path / "s.toml", 'daq_job_type = "sensor"\nname = "s1"\ninterval_seconds = 0.0001\n'
+    )
     inp = BrokerInput(broker, ["data.s1"])
     try:
         assert wait_for_subscriptions(broker, ["data.s1"], timeout=20)

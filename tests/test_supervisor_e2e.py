@@ -98,6 +98,7 @@ def test_start_in_order_and_stop_in_order_losing_nothing(
         assert stats[store]["is_alive"] == "false"
     runs = json.loads((out / "runs.json").read_text())["runs"]
     assert [r["run"] for r in runs] == [1] and runs[0]["stop_ns"] > runs[0]["start_ns"]
+    assert runs[0]["ended"] == "stopped"
     configs = out / "run000001" / "configs"
     assert sorted(p.name for p in configs.iterdir()) == [
         "sensor.toml",

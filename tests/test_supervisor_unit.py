@@ -408,6 +408,37 @@ def test_runs_are_numbered_recorded_and_snapshotted(tmp_path: Path) -> None:
         RunBook(out).next_number()
 
 
+def test_the_last_one_out_ends_open_runs_and_stats_files_as_aborted(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    from enrgdaq_core.supervisor.orphan import last_one_out_env, record_aborted
+
+    d = tmp_path / "cfg"
+    d.mkdir()
+    write(d / "sensor.toml", SENSOR)
+    write(d / "supervisor.toml", f'out_dir = "{tmp_path / "out"}"\n[stats]\nremote_file = ""\n')
+    plan = load_plan(d)
+    book = RunBook(plan.out_dir)
+    book.end(book.begin(1))  # ended by daq up
+    book.begin(2)  # open when it died
+    piece = {"name": "sensor1", "role": "job", "state": "running", "alive": True, "report": {}}
+    stats = plan.out_dir / "stats.csv"
+    write_csv(stats, STATS_COLUMNS, [stats_row("lab1", piece)])
+    before = {r["run"]: r for r in book.records()}
+
+    assert record_aborted(last_one_out_env(plan)) == [2]
+    runs = {r["run"]: r for r in book.records()}
+    assert runs[1] == before[1] and runs[1]["ended"] == "stopped"
+    assert runs[2]["ended"] == "aborted" and runs[2]["stop_ns"] > runs[2]["start_ns"]
+    run_json = json.loads((plan.out_dir / "run000002" / "run.json").read_text())
+    assert run_json == runs[2]
+    (row,) = csv.DictReader(stats.open())
+    assert list(row) == STATS_COLUMNS
+    assert (row["daq_job"], row["is_alive"], row["state"]) == ("sensor1", "false", "aborted")
+    assert not (plan.out_dir / "stats_remote.csv").exists()  # not configured: not written
+    assert record_aborted(last_one_out_env(plan)) == []  # nothing open any more
+
+
 # -- control -------------------------------------------------------------------------------
 
 

@@ -39,12 +39,18 @@ def broker(
         typer.echo(f"daq: error: cannot bind {addr.base}: {exc}", err=True)
         raise typer.Exit(1) from None
 
-    # SIGINT/SIGTERM, and (under `daq up`) the death of the supervisor, stop the broker.
-    stop_on_signals(on_stop=b.stop)
+    # SIGINT/SIGTERM stop the broker; under `daq up`, if it dies, once no client is left
+    stop = stop_on_signals(
+        on_stop=b.stop, role="broker", drained=lambda: not b.state.snapshot()["subscribers"]
+    )
     typer.echo(
         f"broker {name} listening: in {addr.inbound}  out {addr.outbound}  "
         f"mon {addr.monitor}  ctl {addr.control}",
         err=True,
     )
     b.run()
+    if stop.orphaned:  # the last one out of a dead `daq up`: end its run as aborted
+        from enrgdaq_core.supervisor.orphan import record_aborted
+
+        record_aborted()
     typer.echo(f"broker {name} stopped", err=True)

@@ -141,7 +141,10 @@ def run(
     current = answer.get("run") or {}
     typer.echo(f"current run: {current.get('run', '-')} (started {current.get('start', '-')})")
     for r in answer.get("runs", []):
-        typer.echo(f"  run {r.get('run')}: {r.get('start', '')} .. {r.get('stop') or 'running'}")
+        how = " (aborted: daq up died)" if r.get("ended") == "aborted" else ""
+        typer.echo(
+            f"  run {r.get('run')}: {r.get('start', '')} .. {r.get('stop') or 'running'}{how}"
+        )
 
 
 @app.command("logs")

@@ -151,7 +151,6 @@ def store(
         source = store_source(input_, topics=bool(topics))
         inp = open_input(source, addr, list(topics or ["data."]))
         telemetry = TelemetryPublisher(addr)
-        stop = stop_on_signals()
         runner = StoreRunner(
             be,
             state_file=state,
@@ -162,6 +161,8 @@ def store(
             require_target=source is None and not topics,
         )
         watch = BrokerWatch(addr) if source in (None, "broker") else None  # says it waits
+        # under `daq up`, if it dies: drain until every source seen has ended, then stop
+        stop = stop_on_signals(role="store", drained=lambda: not runner.open_sources)
         try:
             if exit_on_eos:
                 runner.expect_sources(list(topics or []))

@@ -102,4 +102,5 @@ def run_job(
                 report = meter.report()
                 report.extra["final"] = True
                 telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
+    log.info("%s: %d messages sent, then end-of-stream", job.name, sent)  # a clean end only
     return meter

@@ -736,7 +736,7 @@ class StoreRunner:
             "lost_by_source": dict(m.sequences.lost),
             # sources whose last message was not end-of-stream: `daq up` stops a store only
             # once this is empty, so nothing in flight is cut off
-            "open_sources": sorted(self._seen_sources - self._ended_sources),
+            "open_sources": sorted(self.open_sources),
             **self.backend.stats(),
         }
         if damage is not None:
@@ -749,6 +749,11 @@ class StoreRunner:
             self.telemetry.send(
                 self._stats_source.control(Kind.STATS, self._stats_source.topic, report)
             )
+
+    @property
+    def open_sources(self) -> set[str]:
+        """Sources seen whose last message was not end-of-stream (their data may still come)."""
+        return self._seen_sources - self._ended_sources
 
     def expect_sources(self, topics: list[str]) -> None:
         """With exit-on-EOS, also wait for these topics' sources: exact `data.<source>` topics

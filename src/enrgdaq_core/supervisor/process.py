@@ -2,7 +2,9 @@
 
 A child runs in its own session (a Ctrl-C on the terminal reaches the supervisor only, which
 then stops everything in order) with DAQ_PARENT_PID set: if the supervisor is killed -9, each
-child notices (PR_SET_PDEATHSIG, or its parent pid changing) and stops cleanly by itself.
+child notices (PR_SET_PDEATHSIG, or its parent pid changing) and stops cleanly by itself, in
+the supervisor's order (enrgdaq_core.signals), writing its last lines to its log file
+itself (DAQ_LOG_FILE).
 
 Its stdout and stderr are read line by line into `<log_dir>/<name>.log` and handed to a
 console sink (`name`, `line`), which prints them prefixed or feeds a live view.
@@ -130,6 +132,7 @@ class Child:
             self.last_restart_ns = time.time_ns()
         env = dict(env)
         env["DAQ_PARENT_PID"] = str(os.getpid())
+        env["DAQ_LOG_FILE"] = str(self.log.path.resolve())  # where it logs if we die
         env["DAQ_RESTARTS"] = str(self.restarts)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(

@@ -1,6 +1,8 @@
 """Run numbers and the record of each run, kept in the output directory beside the data.
 
-`out/runs.json` lists every run (number, start and stop times, node); each run also gets
+`out/runs.json` lists every run (number, start and stop times, node, how it ended: `stopped`
+by `daq up`, or `aborted` when `daq up` died and its children stopped by themselves; empty
+while it runs); each run also gets
 `out/runNNNNNN/` with `run.json` and `configs/`, a byte-for-byte copy of every TOML that made
 it. The number is the one stores put in file names (`{run}`, zero-padded to 6 like the
 directory), so `file_path = "run{run}/sensor.csv"` puts the data beside its record.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,12 @@ class RunRecord:
     path: str = ""  # the run's directory (run.json, configs/)
     start: str = ""
     stop: str = ""
+    ended: str = ""  # "" while running, then "stopped" or "aborted"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -118,9 +126,20 @@ class RunBook:
         self._save(record)
         return record
 
-    def end(self, record: RunRecord) -> None:
+    def end(self, record: RunRecord, how: str = "stopped") -> None:
         record.stop_ns = time.time_ns()
+        record.ended = how
         self._save(record)
+
+    def abort_open(self) -> list[int]:
+        """End every run still open as `aborted` (its `daq up` died); their numbers."""
+        ended = []
+        for data in self.records():
+            if not data.get("stop_ns"):
+                record = RunRecord.from_dict(data)
+                self.end(record, "aborted")
+                ended.append(record.run)
+        return ended
 
     def _save(self, record: RunRecord) -> None:
         runs = [r for r in self.records() if int(r.get("run", 0)) != record.run]

@@ -162,6 +162,23 @@ def remote_rows(
     ]
 
 
+def mark_ended(path: Path, state: str) -> None:
+    """Rewrite a stats file whose writer is gone: every row not alive, in `state` (if the file
+    has a state column). A missing file is left missing."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        return
+    for row in rows:
+        row["is_alive"] = boolean(False)
+        if "state" in row:
+            row["state"] = state
+    write_csv(path, columns, rows)
+
+
 def write_csv(path: Path, columns: list[str], rows: Iterable[Mapping[str, str]]) -> None:
     """Replace `path` atomically with a header and `rows`."""
     buf = io.StringIO()

@@ -14,7 +14,9 @@ stores once they have seen every source's end-of-stream (they flush and close), 
 broker. A second signal stops everything at once; a third kills.
 
 Children are spawned from this (main) thread only: PR_SET_PDEATHSIG, which the children use
-to notice a kill -9 of the supervisor, fires when the spawning *thread* ends.
+to notice a kill -9 of the supervisor, fires when the spawning *thread* ends. Without the
+supervisor, they stop in the same order by themselves (enrgdaq_core.signals), and the broker,
+the last one out, ends the run as aborted (supervisor/orphan.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from enrgdaq_core.stats_history import StatsRecorder
 from enrgdaq_core.supervisor import status as status_view
 from enrgdaq_core.supervisor.commands import EXPECTED_ERRORS, SupervisorCommands
 from enrgdaq_core.supervisor.control import ControlServer
+from enrgdaq_core.supervisor.orphan import last_one_out_env
 from enrgdaq_core.supervisor.plan import Plan
 from enrgdaq_core.supervisor.process import Child, LineSink
 from enrgdaq_core.supervisor.runs import RunBook, RunRecord
@@ -205,6 +208,8 @@ class Supervisor:
                 self._begin_run()
         elif child.spec.snapshot and self._snapshot_dir is not None:
             argv += ["-O", f"snapshot={self._snapshot_dir}"]
+        elif child is self.broker:  # the last one out if we die: it ends the run then
+            env = {**env, **last_one_out_env(self.plan)}
         child.spawn(argv, env)
         if child is self.broker:
             self.broker_ready_at = 0.0
