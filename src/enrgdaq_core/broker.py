@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -41,7 +42,7 @@ from typing import Any
 import zmq
 from zmq.devices import monitored_queue
 
-from enrgdaq_core.broker_client import QUERIES
+from enrgdaq_core.broker_client import QUERIES, ClaimRequest
 from enrgdaq_core.envelope import TOPIC_END, Kind, Source
 from enrgdaq_core.reqrep import Server
 from enrgdaq_core.stats import ProcessSampler, StatsReport
@@ -70,6 +71,7 @@ __all__ = [
 _CAPTURE = "inproc://enrgdaq-broker-capture"
 _INJECT = "inproc://enrgdaq-broker-telemetry"  # the telemetry relay's way into the data path
 _TELEMETRY_BURST = 100  # telemetry messages relayed per turn, before data is read again
+_CLAIM_SILENCE = 10.0  # s: a remote source's claim lapses once its topics are quiet this long
 _COUNTER_PAUSE = 0.001  # s the counter lets messages gather once it has drained its queue
 _FROM_IN = b"i"  # capture side frame: published by a source on `in`
 _FROM_OUT = b"o"  # from `out`: a lossless consumer's (un)subscription
@@ -151,6 +153,7 @@ class Broker:
         self._ctx = zmq.Context()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._claims: dict[str, _Claim] = {}  # source name -> who publishes it (control thread)
 
     def _socket(self, kind: int, endpoint: str, **options: int) -> zmq.Socket:
         """Bind one endpoint; an ipc socket file already there was left by a broker that
@@ -188,7 +191,7 @@ class Broker:
         snapshot = self._snapshot
         self._control = Server(
             address.control,
-            dict.fromkeys(QUERIES, snapshot),
+            {**dict.fromkeys(QUERIES, snapshot), ClaimRequest: self._claim},
             keys=self.keys,
             ctx=self._ctx,
             replace_stale=True,
@@ -380,6 +383,46 @@ class Broker:
     def _snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.state.snapshot()
 
+    def _claim(self, req: ClaimRequest) -> dict[str, Any]:
+        """Grant a source name unless a live claim of another process holds it.
+
+        Live: on this host, the holder's pid still runs (a source restarted after a kill -9
+        gets its name back at once); on another host, its data or stats reached us in the
+        last `_CLAIM_SILENCE` seconds.
+        """
+        now = time.monotonic()
+        held = self._claims.get(req.source)
+        other = held is not None and (held.host, held.pid) != (req.host, req.pid)
+        if held is not None and other and self._alive(req.source, held, now):
+            return {"granted": False, "holder": {"node": held.node, "pid": held.pid}}
+        self._claims[req.source] = _Claim(
+            req.node, req.host, req.pid, self._claim_count(req.source), now
+        )
+        return {"granted": True}
+
+    def _claim_count(self, source: str) -> int:
+        state = self.state
+        with state.lock:
+            return sum(
+                state.counters[t].messages
+                for t in (f"data.{source}", f"stats.{source}")
+                if t in state.counters
+            )
+
+    def _alive(self, source: str, claim: _Claim, now: float) -> bool:
+        if claim.host == socket.gethostname():
+            try:
+                os.kill(claim.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass  # another user's process: it exists
+            return True
+        count = self._claim_count(source)
+        if count != claim.count:
+            claim.count, claim.changed = count, now
+        return now - claim.changed < _CLAIM_SILENCE
+
     def _serve_control(self) -> None:
         try:
             self._control.serve(self._stop.is_set)
@@ -432,6 +475,18 @@ class Broker:
             if endpoint.startswith("ipc://"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(endpoint[len("ipc://") :])
+
+
+@dataclass
+class _Claim:
+    """Who holds a source name: its node, host and pid, and (for a holder on another host)
+    the message count of its topics when last seen changing."""
+
+    node: str
+    host: str
+    pid: int
+    count: int
+    changed: float
 
 
 class _Route:
