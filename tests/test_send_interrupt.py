@@ -40,19 +40,27 @@ def test_sigterm_ends_a_send_blocked_on_a_stopped_broker(
     cfg = write(tmp_path / "fast.toml", FAST)
     job = procs.start("job", "run", str(cfg), "-o", "broker", "--broker", addr.base)
 
-    # Blocked in send: its once-a-second heartbeat stops, and it stops using the CPU (a job
-    # unpaced and running uses all it gets). The heartbeat alone does not show it: it shares
-    # the broker's `in` with the data, so it stops as soon as the broker stops reading, while
-    # the job's own queue and socket buffer still take a second or two of data.
+    # Blocked in send: the broker forwards none of its data any more, and it stops using the
+    # CPU (a job unpaced and running uses all it gets). Its heartbeat goes on (it travels
+    # apart from the data, and a send held back by backpressure still reports): blocked by a
+    # consumer is not hung.
     heartbeats = Subscriber(addr, ["stats.fast"], mode="monitor")
     try:
         wait_for(lambda: query(addr)["topics"].get("data.fast"), 30, what="the job's data")
 
         def blocked() -> bool:
             cpu = _cpu_seconds(job.pid)
-            return heartbeats.recv(2.5) is None and _cpu_seconds(job.pid) - cpu < 0.1
+            forwarded = query(addr)["topics"]["data.fast"][0]
+            time.sleep(2.5)
+            return (
+                query(addr)["topics"]["data.fast"][0] == forwarded
+                and _cpu_seconds(job.pid) - cpu < 0.1
+            )
 
-        wait_for(blocked, 60, what="the job to block on backpressure")
+        wait_for(blocked, 60, interval=0, what="the job to block on backpressure")
+        while heartbeats.recv(0) is not None:
+            pass  # what came before
+        assert heartbeats.recv(5.0) is not None, "no heartbeat while blocked"
     finally:
         heartbeats.close()
     broker.send_signal(signal.SIGSTOP)  # the broker takes nothing any more

@@ -150,7 +150,7 @@ def test_no_broker_is_a_clear_error(procs: Procs, runtime_dir: Path) -> None:
 
 
 def _free_tcp_base() -> int:
-    """A port P with P..P+3 free on loopback (the broker binds four)."""
+    """A port P with P..P+4 free on loopback (the broker binds five)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -158,7 +158,7 @@ def _free_tcp_base() -> int:
         if base > 65000:
             continue
         ok = True
-        for port in range(base, base + 4):
+        for port in range(base, base + 5):
             with socket.socket() as t:
                 try:
                     t.bind(("127.0.0.1", port))
@@ -167,7 +167,7 @@ def _free_tcp_base() -> int:
                     break
         if ok:
             return base
-    raise AssertionError("no four free ports")
+    raise AssertionError("no five free ports")
 
 
 def test_remote_broker_over_tcp(procs: Procs, tmp_path: Path) -> None:

@@ -245,7 +245,8 @@ def test_publisher_without_a_broker_is_not_ready(runtime_dir: Path) -> None:
 
 def test_broker_stops_on_sigterm_and_removes_its_sockets(procs: Procs, runtime_dir: Path) -> None:
     addr, p = start_broker(procs, f"ipc://{runtime_dir}/b2")
-    sockets = [addr.inbound, addr.outbound, addr.monitor, addr.control]
+    sockets = list(addr.endpoints)
+    assert len(sockets) == 5
     assert all(Path(s[len("ipc://") :]).exists() for s in sockets)
     assert procs.stop(p) == 0
     assert not any(Path(s[len("ipc://") :]).exists() for s in sockets)
@@ -264,21 +265,22 @@ def test_broker_on_a_busy_port_fails_clearly(procs: Procs) -> None:
     assert p.stderr.decode().startswith(f"daq: error: cannot bind tcp://127.0.0.1:{port}: ")
 
 
-def test_address_ipc_names_four_endpoints() -> None:
+def test_address_ipc_names_five_endpoints() -> None:
     a = BrokerAddress.parse("ipc:///run/daq/broker")
-    assert (a.base, a.inbound, a.outbound, a.monitor, a.control) == (
+    assert (a.base, a.inbound, a.outbound, a.monitor, a.control, a.telemetry) == (
         "ipc:///run/daq/broker",
         "ipc:///run/daq/broker.in",
         "ipc:///run/daq/broker.out",
         "ipc:///run/daq/broker.mon",
         "ipc:///run/daq/broker.ctl",
+        "ipc:///run/daq/broker.tel",
     )
 
 
-def test_address_tcp_uses_four_consecutive_ports() -> None:
+def test_address_tcp_uses_five_consecutive_ports() -> None:
     a = BrokerAddress.parse("tcp://10.0.0.5:6000")
-    assert [a.inbound, a.outbound, a.monitor, a.control] == [
-        f"tcp://10.0.0.5:{p}" for p in (6000, 6001, 6002, 6003)
+    assert [a.inbound, a.outbound, a.monitor, a.control, a.telemetry] == [
+        f"tcp://10.0.0.5:{p}" for p in (6000, 6001, 6002, 6003, 6004)
     ]
     d = BrokerAddress.parse("tcp://daq-host")
     assert d.base == f"tcp://daq-host:{DEFAULT_TCP_PORT}"

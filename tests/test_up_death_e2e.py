@@ -40,7 +40,9 @@ file_path = "sensor1.raw"
 )
 STORES = ("store-csv", "store-root", "store-raw")
 # `2026-11-25 14:30:05,123 INFO [store-csv] store-csv: 812 rows in 9 writes ... 0 lost upstream`
-_SUMMARY = re.compile(r"^(\S+ \S+) INFO \[(\S+)\] \2: (\d+) rows in .* (\d+) lost upstream(?:,.*)?$")
+_SUMMARY = re.compile(
+    r"^(\S+ \S+) INFO \[(\S+)\] \2: (\d+) rows in .* (\d+) lost upstream(?:,.*)?$"
+)
 
 
 def _root_rows(out: Path) -> int:

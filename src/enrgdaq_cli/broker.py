@@ -17,7 +17,7 @@ Examples:
 
 \b
   daq broker                              # ipc sockets in the per-user runtime dir
-  daq broker --broker tcp://0.0.0.0:5550  # tcp: ports 5550 in, 5551 out, 5552 mon, 5553 ctl
+  daq broker --broker tcp://0.0.0.0:5550  # tcp: 5550 in, 5551 out, 5552 mon, 5553 ctl, 5554 tel
 """
 
 
@@ -45,7 +45,7 @@ def broker(
     )
     typer.echo(
         f"broker {name} listening: in {addr.inbound}  out {addr.outbound}  "
-        f"mon {addr.monitor}  ctl {addr.control}",
+        f"mon {addr.monitor}  ctl {addr.control}  tel {addr.telemetry}",
         err=True,
     )
     b.run()

@@ -49,7 +49,8 @@ def run(
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 10.0,
 ) -> None:
-    from enrgdaq_core.channels import open_output, stdout_is_pipe
+    from enrgdaq_core.broker_client import claim
+    from enrgdaq_core.channels import BrokerOutput, open_output, stdout_is_pipe
     from enrgdaq_core.jobs import load_job
     from enrgdaq_core.jobs.runtime import run_job
     from enrgdaq_core.signals import stop_on_signals
@@ -70,6 +71,12 @@ def run(
             fail(
                 f"{target} exists: choose a new file (run files are never overwritten)", EXIT_USAGE
             )
+        if isinstance(out, BrokerOutput):
+            try:  # before the first message: one name, one publisher per broker
+                claim(out.address, job.name)
+            except ConnectionError:
+                out.close()
+                raise
         telemetry = TelemetryPublisher(addr)
         try:
             run_job(job, out, stop=stop, telemetry=telemetry, run=run_number, max_messages=count)

@@ -16,12 +16,23 @@ malformed (on `in`: not three frames, or a topic frame that is not UTF-8 ending 
 `out`: not a subscription) is counted in `bad` and ignored (not counted per topic, not
 republished). The broker still forwards it, as it forwards every payload undecoded: consumers
 skip and count it as undecodable.
+
+Telemetry (stats, alerts, logs) does not pass the proxy: pieces send it to the `tel` endpoint,
+which the counting thread reads beside the capture. A lossless consumer that stops reading
+blocks the whole data path (backpressure, by design), and with it everything that passes the
+proxy; the heartbeats must still arrive, or the supervisor could not tell the stalled store
+from the pieces it holds back and `daq stats` would show nothing. The counting thread counts
+telemetry, republishes it to the monitors that asked, and forwards it into the data path (a
+dropping PUB into the proxy's `in`) for lossless consumers of alerts or logs: while the data
+path is blocked those copies are dropped, never waited for. Their capture copies are neither
+counted nor republished again (a telemetry topic arriving on `in` is not a heartbeat).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -31,7 +42,7 @@ from typing import Any
 import zmq
 from zmq.devices import monitored_queue
 
-from enrgdaq_core.broker_client import QUERIES
+from enrgdaq_core.broker_client import QUERIES, ClaimRequest
 from enrgdaq_core.envelope import TOPIC_END, Kind, Source
 from enrgdaq_core.reqrep import Server
 from enrgdaq_core.stats import ProcessSampler, StatsReport
@@ -39,10 +50,12 @@ from enrgdaq_core.transport import (
     _NOBLOCK,
     DATA_HWM,
     MONITOR_HWM,
+    TELEMETRY_TOPICS,
     BrokerAddress,
     CurveKeys,
     TelemetryPublisher,
     _recv,
+    _recv_parts,
     _send_parts,
     make_socket,
 )
@@ -56,6 +69,9 @@ __all__ = [
 ]
 
 _CAPTURE = "inproc://enrgdaq-broker-capture"
+_INJECT = "inproc://enrgdaq-broker-telemetry"  # the telemetry relay's way into the data path
+_TELEMETRY_BURST = 100  # telemetry messages relayed per turn, before data is read again
+_CLAIM_SILENCE = 10.0  # s: a remote source's claim lapses once its topics are quiet this long
 _COUNTER_PAUSE = 0.001  # s the counter lets messages gather once it has drained its queue
 _FROM_IN = b"i"  # capture side frame: published by a source on `in`
 _FROM_OUT = b"o"  # from `out`: a lossless consumer's (un)subscription
@@ -137,6 +153,7 @@ class Broker:
         self._ctx = zmq.Context()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._claims: dict[str, _Claim] = {}  # source name -> who publishes it (control thread)
 
     def _socket(self, kind: int, endpoint: str, **options: int) -> zmq.Socket:
         """Bind one endpoint; an ipc socket file already there was left by a broker that
@@ -155,6 +172,7 @@ class Broker:
         """Bind every endpoint now, so a caller can report where we listen before `run()`."""
         address = self.address
         self._xsub = self._socket(zmq.XSUB, address.inbound, rcvhwm=self.hwm)
+        self._xsub.bind(_INJECT)
         self._xpub = self._socket(
             zmq.XPUB,
             address.outbound,
@@ -168,10 +186,12 @@ class Broker:
         self._capture = self._socket(zmq.PAIR, _CAPTURE, sndhwm=self.hwm)
         # no XPUB_NODROP: a slow monitor drops, as PUB
         self._monitor = self._socket(zmq.XPUB, address.monitor, sndhwm=MONITOR_HWM)
+        self._telemetry = self._socket(zmq.SUB, address.telemetry, rcvhwm=MONITOR_HWM)
+        self._telemetry.subscribe(b"")
         snapshot = self._snapshot
         self._control = Server(
             address.control,
-            dict.fromkeys(QUERIES, snapshot),
+            {**dict.fromkeys(QUERIES, snapshot), ClaimRequest: self._claim},
             keys=self.keys,
             ctx=self._ctx,
             replace_stale=True,
@@ -217,14 +237,21 @@ class Broker:
         # (see transport._recv_parts), and a message is republished only when a monitor asked
         # for its topic (`daq stats --watch` takes stats.*, not every data message).
         # rcvtimeo: when idle, wake up to see monitors (un)subscribe
-        sock = make_socket(zmq.PAIR, _CAPTURE, ctx=self._ctx, rcvhwm=self.hwm, rcvtimeo=100)
+        sock = make_socket(zmq.PAIR, _CAPTURE, ctx=self._ctx, rcvhwm=self.hwm)
+        # telemetry into the data path, for lossless consumers: a PUB drops when it is blocked
+        inject = make_socket(zmq.PUB, _INJECT, ctx=self._ctx, sndhwm=MONITOR_HWM, linger=0)
+        telemetry = self._telemetry
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(telemetry, zmq.POLLIN)
         state = self.state
-        counters = state.counters
         bad = state.bad
         routes: dict[bytes, _Route] = {}
+        tel_routes: dict[bytes, _Route] = {}
         monitor = self._monitor
         watched: set[bytes] = set()  # prefixes some monitor subscribed to
         recv = _recv
+        route_for = self._route
         seen = 0
         try:
             while True:
@@ -236,13 +263,17 @@ class Broker:
                     # cost the proxy thread as much as the counting did, and competed with it
                     # for the CPU while a message was in flight).
                     if _monitor_subscriptions(monitor, watched):
-                        for topic, route in routes.items():
-                            route.watched = route.counter is not None and _matches(topic, watched)
+                        _rewatch(routes, watched)
+                        _rewatch(tel_routes, watched)
+                    self._relay_telemetry(telemetry, inject, tel_routes, watched)
                     time.sleep(_COUNTER_PAUSE)
-                    try:
-                        part = recv(sock, 0, False)  # waits up to RCVTIMEO when idle
-                    except zmq.Again:
+                    # when idle, wake up to see monitors (un)subscribe
+                    if not poller.poll(100):
                         continue
+                    try:
+                        part = recv(sock, _NOBLOCK, False)
+                    except zmq.Again:
+                        continue  # telemetry: relayed on the next turn
                 side = part.bytes  # the side frame monitored_queue puts first
                 parts = []
                 while part.more:
@@ -264,17 +295,7 @@ class Broker:
                 first = parts[0].bytes
                 route = routes.get(first)
                 if route is None:
-                    if len(routes) > 65536:
-                        routes.clear()
-                    if not _valid_topic(first):
-                        route = routes[first] = _Route(None, False)
-                    else:
-                        key = topic_prefix(first)
-                        with state.lock:  # snapshot() iterates the dict under this lock
-                            c = counters.get(key)
-                            if c is None:
-                                c = counters[key] = TopicCounter()
-                        route = routes[first] = _Route(c, _matches(first, watched))
+                    route = route_for(routes, first, watched, relayed=False)
                 c = route.counter
                 if c is None:
                     bad["topic"] += 1
@@ -287,17 +308,120 @@ class Broker:
                     except zmq.Again:
                         state.monitor_dropped += 1
                 seen += 1
-                if not seen & 255 and _monitor_subscriptions(monitor, watched):
-                    for topic, route in routes.items():
-                        route.watched = route.counter is not None and _matches(topic, watched)
+                if not seen & 255:
+                    if _monitor_subscriptions(monitor, watched):
+                        _rewatch(routes, watched)
+                        _rewatch(tel_routes, watched)
+                    self._relay_telemetry(telemetry, inject, tel_routes, watched)
         except zmq.ContextTerminated:
             pass
         finally:
-            sock.close(linger=0)
-            monitor.close(linger=0)
+            for s in (sock, inject, telemetry, monitor):
+                s.close(linger=0)
+
+    def _route(
+        self, routes: dict[bytes, _Route], first: bytes, watched: set[bytes], *, relayed: bool
+    ) -> _Route:
+        """The route of a topic frame not seen before (`relayed`: it came on `tel`).
+
+        A telemetry topic from the data path is the relay's own copy (or no heartbeat):
+        neither counted nor republished; any other topic on `tel` is counted bad.
+        """
+        if len(routes) > 65536:
+            routes.clear()
+        if not _valid_topic(first) or (relayed and not first.startswith(TELEMETRY_TOPICS)):
+            route = routes[first] = _Route(None, False)
+            return route
+        if not relayed and first.startswith(TELEMETRY_TOPICS):
+            route = routes[first] = _Route(_UNCOUNTED, False)
+            return route
+        key = topic_prefix(first)
+        state = self.state
+        with state.lock:  # snapshot() iterates the dict under this lock
+            c = state.counters.get(key)
+            if c is None:
+                c = state.counters[key] = TopicCounter()
+        route = routes[first] = _Route(c, _matches(first, watched))
+        return route
+
+    def _relay_telemetry(
+        self,
+        telemetry: zmq.Socket,
+        inject: zmq.Socket,
+        routes: dict[bytes, _Route],
+        watched: set[bytes],
+    ) -> None:
+        """What arrived on `tel` (at most a burst): counted, to the monitors that asked, and
+        into the data path for lossless consumers (dropped there while it is blocked)."""
+        state = self.state
+        for _ in range(_TELEMETRY_BURST):
+            try:
+                parts = _recv_parts(telemetry, _NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) != 3:
+                state.bad["one_frame" if len(parts) == 1 else "frames"] += 1
+                continue
+            first = parts[0].bytes
+            route = routes.get(first)
+            if route is None:
+                route = self._route(routes, first, watched, relayed=True)
+            c = route.counter
+            if c is None:
+                state.bad["topic"] += 1
+                continue
+            c.messages += 1
+            c.bytes += sum(map(len, parts))
+            frames = [p.bytes for p in parts]  # small; sent twice
+            if route.watched:
+                try:
+                    _send_parts(self._monitor, frames, _NOBLOCK)
+                except zmq.Again:
+                    state.monitor_dropped += 1
+            _send_parts(inject, frames, _NOBLOCK)  # a PUB: drops when full, never waits
 
     def _snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.state.snapshot()
+
+    def _claim(self, req: ClaimRequest) -> dict[str, Any]:
+        """Grant a source name unless a live claim of another process holds it.
+
+        Live: on this host, the holder's pid still runs (a source restarted after a kill -9
+        gets its name back at once); on another host, its data or stats reached us in the
+        last `_CLAIM_SILENCE` seconds.
+        """
+        now = time.monotonic()
+        held = self._claims.get(req.source)
+        other = held is not None and (held.host, held.pid) != (req.host, req.pid)
+        if held is not None and other and self._alive(req.source, held, now):
+            return {"granted": False, "holder": {"node": held.node, "pid": held.pid}}
+        self._claims[req.source] = _Claim(
+            req.node, req.host, req.pid, self._claim_count(req.source), now
+        )
+        return {"granted": True}
+
+    def _claim_count(self, source: str) -> int:
+        state = self.state
+        with state.lock:
+            return sum(
+                state.counters[t].messages
+                for t in (f"data.{source}", f"stats.{source}")
+                if t in state.counters
+            )
+
+    def _alive(self, source: str, claim: _Claim, now: float) -> bool:
+        if claim.host == socket.gethostname():
+            try:
+                os.kill(claim.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass  # another user's process: it exists
+            return True
+        count = self._claim_count(source)
+        if count != claim.count:
+            claim.count, claim.changed = count, now
+        return now - claim.changed < _CLAIM_SILENCE
 
     def _serve_control(self) -> None:
         try:
@@ -347,15 +471,22 @@ class Broker:
 
     def _shutdown(self) -> None:
         self._ctx.term()  # wakes every thread with ETERM; each closes its own sockets
-        for endpoint in (
-            self.address.inbound,
-            self.address.outbound,
-            self.address.monitor,
-            self.address.control,
-        ):
+        for endpoint in self.address.endpoints:
             if endpoint.startswith("ipc://"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(endpoint[len("ipc://") :])
+
+
+@dataclass
+class _Claim:
+    """Who holds a source name: its node, host and pid, and (for a holder on another host)
+    the message count of its topics when last seen changing."""
+
+    node: str
+    host: str
+    pid: int
+    count: int
+    changed: float
 
 
 class _Route:
@@ -367,6 +498,17 @@ class _Route:
     def __init__(self, counter: TopicCounter | None, watched: bool) -> None:
         self.counter = counter
         self.watched = watched
+
+
+_UNCOUNTED = TopicCounter()
+"""The counter of what is neither counted nor republished (telemetry on the data path)."""
+
+
+def _rewatch(routes: dict[bytes, _Route], watched: set[bytes]) -> None:
+    """After monitors (un)subscribed: which routes are republished now."""
+    for topic, route in routes.items():
+        c = route.counter
+        route.watched = c is not None and c is not _UNCOUNTED and _matches(topic, watched)
 
 
 def _valid_topic(frame: bytes) -> bool:

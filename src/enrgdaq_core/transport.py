@@ -1,13 +1,15 @@
 """ZeroMQ transport: where the broker lives, and the sockets every piece opens to reach it.
 
-One broker address names four endpoints, so users pass one value (`--broker`, `DAQ_BROKER`):
+One broker address names five endpoints, so users pass one value (`--broker`, `DAQ_BROKER`):
 
-    ipc://DIR/broker   ->  DIR/broker.in  .out  .mon  .ctl
-    tcp://HOST:PORT    ->  PORT (in)  PORT+1 (out)  PORT+2 (mon)  PORT+3 (ctl)
+    ipc://DIR/broker   ->  DIR/broker.in  .out  .mon  .ctl  .tel
+    tcp://HOST:PORT    ->  PORT (in)  PORT+1 (out)  PORT+2 (mon)  PORT+3 (ctl)  PORT+4 (tel)
 
 `in` takes what sources publish (XSUB); `out` serves lossless consumers (XPUB, no drop: a slow
 store slows the source); `mon` serves monitors (fed by the proxy's capture: drops, never
-stalls anyone); `ctl` answers questions about the broker (REP: subscriptions, counters).
+stalls anyone); `ctl` answers questions about the broker (REP: subscriptions, counters);
+`tel` takes every piece's telemetry (stats, alerts, logs: SUB), apart from the data path so
+that a lossless consumer that stalls the data path cannot silence every heartbeat.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "DATA_HWM",
     "DEFAULT_TCP_PORT",
     "MONITOR_HWM",
+    "TELEMETRY_TOPICS",
     "ZERO_COPY_ABOVE",
     "AddressError",
     "BrokerAddress",
@@ -55,6 +58,10 @@ __all__ = [
 DEFAULT_TCP_PORT = 5550
 DATA_HWM = 1000  # messages queued per peer before backpressure (lossless) or drops (monitor)
 MONITOR_HWM = 1000
+TELEMETRY_TOPICS = (b"stats.", b"alert.", b"log.")
+"""Topic frames (prefixes) of telemetry: what `TelemetryPublisher` sends to the broker's `tel`
+endpoint. The broker republishes them to monitors from there, and forwards them on `out` too
+(for lossless consumers of alerts or logs) while the data path moves."""
 
 Mode = Literal["lossless", "monitor"]
 """A consumer's kind: `lossless` (the broker's `out`: backpressure, never loss) or `monitor`
@@ -161,10 +168,10 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
-    """The four endpoints of one broker, derived from the one address users give.
+    """The five endpoints of one broker, derived from the one address users give.
 
     Make it with `BrokerAddress.parse(...)`: `base` is the address as given (normalised),
-    `inbound`/`outbound`/`monitor`/`control` the endpoints of the module docstring.
+    `inbound`/`outbound`/`monitor`/`control`/`telemetry` the endpoints of the module docstring.
     """
 
     base: str
@@ -172,6 +179,12 @@ class BrokerAddress:
     outbound: str
     monitor: str
     control: str
+    telemetry: str
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint the broker binds."""
+        return (self.inbound, self.outbound, self.monitor, self.control, self.telemetry)
 
     @classmethod
     def parse(cls, address: str | None = None) -> BrokerAddress:
@@ -181,7 +194,7 @@ class BrokerAddress:
             base = address[len("ipc://") :]
             if not base:
                 raise AddressError(f"broker address {address!r}: ipc:// needs a path")
-            return cls(address, *(f"ipc://{base}.{s}" for s in ("in", "out", "mon", "ctl")))
+            return cls(address, *(f"ipc://{base}.{s}" for s in ("in", "out", "mon", "ctl", "tel")))
         if address.startswith("tcp://"):
             parts = urlsplit(address)
             try:
@@ -191,7 +204,7 @@ class BrokerAddress:
             host = parts.hostname or "127.0.0.1"
             if ":" in host:
                 host = f"[{host}]"
-            eps = [f"tcp://{host}:{port + i}" for i in range(4)]
+            eps = [f"tcp://{host}:{port + i}" for i in range(5)]
             return cls(f"tcp://{host}:{port}", *eps)
         raise AddressError(f"broker address {address!r}: expected ipc://PATH or tcp://HOST:PORT")
 
@@ -328,6 +341,10 @@ class Publisher:
     backpressure gives up after `interrupt_grace` seconds instead of blocking forever (a
     broker that died with our queue full would otherwise make SIGTERM useless)."""
     interrupt_grace = 10.0
+    on_wait: Callable[[], None] | None = None
+    """Set by the owner: called while a send waits on backpressure (every few ms; the callee
+    keeps its own pace). The job runtime sends its heartbeat from here, so a source held back
+    by a stalled store stays judged alive by its own heartbeat, not hung."""
     gave_up: str | None = None  # why sending stopped for good (then every send raises it)
 
     def send(self, env: Envelope, *, timeout: float | None = None) -> bool:
@@ -366,6 +383,8 @@ class Publisher:
                 return True
             except zmq.Again:
                 pass
+            if self.on_wait is not None:
+                self.on_wait()
             now = time.monotonic()
             if timeout is not None and now - start >= timeout:
                 return False
@@ -395,12 +414,14 @@ class TelemetryPublisher:
 
     A heartbeat must never slow the data path, so a full queue (100 messages) drops the new
     message and counts it in `dropped`; a monitor sees the gap in the sequence. No wait for
-    the broker's subscription either: the first reports of a piece may be lost.
+    the broker's subscription either: the first reports of a piece may be lost. It goes to the
+    broker's `telemetry` endpoint, not through the data path: a store that stops reading
+    blocks the data path, and its heartbeat must not be the only one that stops.
 
     Parameters
     ----------
     address:
-        The broker; the socket connects to its `inbound` endpoint.
+        The broker; the socket connects to its `telemetry` endpoint.
     keys:
         CURVE keys for tcp endpoints; None: no encryption.
     ctx:
@@ -415,7 +436,7 @@ class TelemetryPublisher:
         ctx: zmq.Context | None = None,
     ) -> None:
         self._sock = make_socket(
-            zmq.PUB, address.inbound, keys=keys, ctx=ctx, sndhwm=100, linger=500
+            zmq.PUB, address.telemetry, keys=keys, ctx=ctx, sndhwm=100, linger=500
         )
         self.dropped = 0
 

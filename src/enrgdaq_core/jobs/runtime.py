@@ -17,7 +17,7 @@ from enrgdaq_core.envelope import Kind, Source
 from enrgdaq_core.jobs.base import Job, as_outputs
 from enrgdaq_core.signals import StopFlag
 from enrgdaq_core.stats import Meter
-from enrgdaq_core.transport import TelemetryPublisher
+from enrgdaq_core.transport import Publisher, TelemetryPublisher
 
 __all__ = [
     "run_job",
@@ -49,6 +49,25 @@ def run_job(
     interval = job.interval
     next_report = time.monotonic() + stats_interval
     sent = 0
+
+    def heartbeat() -> None:
+        """A stats report once `stats_interval` has passed: from the loop, and from a send
+        that waits on backpressure (held back by a store is not hung: the supervisor judges
+        each piece by its own heartbeat)."""
+        nonlocal next_report
+        now = time.monotonic()
+        if now < next_report:
+            return
+        report = meter.report()
+        if telemetry is not None:
+            telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
+        if on_report is not None:
+            on_report(report)
+        next_report = now + stats_interval
+
+    publisher = getattr(output, "publisher", None)  # a BrokerOutput's: it may wait
+    if stats and isinstance(publisher, Publisher):
+        publisher.on_wait = heartbeat
     job.start()
     try:
         deadline = time.monotonic()
@@ -68,14 +87,8 @@ def run_job(
                 if max_messages is not None and sent >= max_messages:
                     counted_out = True
                     break  # a step that returned several items must not overshoot --count
-            now = time.monotonic()
-            if stats and now >= next_report:
-                report = meter.report()
-                if telemetry is not None:
-                    telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
-                if on_report is not None:
-                    on_report(report)
-                next_report = now + stats_interval
+            if stats:
+                heartbeat()
             delay = 0.0
             if interval > 0:
                 deadline += interval

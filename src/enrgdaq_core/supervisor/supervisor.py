@@ -6,8 +6,12 @@ run begins with the first source.
 
 Running: one thread polls the stats stream (the broker's monitor endpoint) and the control
 socket, reaps children and restarts them per their policy with backoff, and kills and
-restarts a child whose heartbeats (its stats reports) stopped: hung, not dead. While the
-broker itself is down or hung, nobody's heartbeats can arrive, so only the broker is judged.
+restarts a child whose heartbeats (its stats reports) stopped: hung, not dead. Each piece is
+judged by its own heartbeat, which reaches us apart from the data path (the broker's telemetry
+endpoint), so a store that stalls the data path is the one found silent. The broker is judged
+by its own liveness: its heartbeat, or else an answer on its control endpoint (a thread of its
+own). While the broker itself is down or hung, nobody's heartbeats can arrive, so only the
+broker is judged.
 
 Stop (SIGINT/SIGTERM): sources first (SIGTERM: each sends end-of-stream and exits), then the
 stores once they have seen every source's end-of-stream (they flush and close), then the
@@ -92,6 +96,8 @@ class Supervisor:
         self.signals = 0
         self.forced = False
         self.broker_ready_at = 0.0  # monotonic time the current broker answered; 0: not yet
+        self._broker_answered = 0.0  # when its control endpoint last answered a liveness check
+        self._broker_asked = 0.0
         self.gate_since = 0.0
         self._feed: StatsFeed | None = None
         self._control: ControlServer | None = None
@@ -212,7 +218,7 @@ class Supervisor:
             env = {**env, **last_one_out_env(self.plan)}
         child.spawn(argv, env)
         if child is self.broker:
-            self.broker_ready_at = 0.0
+            self.broker_ready_at = self._broker_answered = 0.0
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -319,7 +325,9 @@ class Supervisor:
             return
         view = self.monitor.get(self.plan.node, child.name)
         timeout = settings.heartbeat_timeout + child.spec.interval
-        if view is not None and view.report.pid == child.pid:
+        if child is self.broker and self.broker_ready_at:
+            since = self._broker_seen(now)
+        elif view is not None and view.report.pid == child.pid:
             since = view.last_seen
         else:
             since = child.started_at
@@ -337,11 +345,23 @@ class Supervisor:
             child.kill("hung")
 
     def _broker_stale(self, now: float) -> bool:
+        return now - self._broker_seen(now) > 3.0
+
+    def _broker_seen(self, now: float) -> float:
+        """When the current broker last showed that it lives: its heartbeat, else an answer
+        of its control endpoint (asked at most once a second while the heartbeat is late)."""
         view = self.monitor.get(self.plan.node, self.broker.name)
-        since = self.broker_ready_at
+        seen = max(self.broker_ready_at, self._broker_answered)
         if view is not None and view.report.pid == self.broker.pid:
-            since = max(since, view.last_seen)
-        return now - since > 3.0
+            seen = max(seen, view.last_seen)
+        if now - seen > 2.0 and now - self._broker_asked >= 1.0:
+            self._broker_asked = now
+            try:
+                query(self.plan.address, "status", timeout=0.2)
+                self._broker_answered = seen = time.monotonic()
+            except (TimeoutError, RemoteError):
+                pass
+        return seen
 
     def _gate_sources(self, now: float) -> None:
         """Start each waiting source once every store that takes its data has subscribed."""
