@@ -185,7 +185,7 @@ def test_job_run_bad_config_exits_2_and_starts_nothing(procs: Procs, tmp_path: P
     assert p.stdout == b""
     assert p.stderr.decode().splitlines() == [
         f"daq: config error: {cfg}: chanels: unknown key, did you mean 'channels'? "
-        "(expected one of: channels, daq_job_type, daq_job_unique_id, drift_per_hour, "
+        "(expected one of: broker_queue_mb, channels, daq_job_type, daq_job_unique_id, drift_per_hour, "
         "interval_seconds, mean, name, noise, remote_config, restart, rows_per_step, seed, "
         "store_config, tag, verbosity)",
         f"daq: config error: {cfg}: interval_seconds: expected a number > 0 and <= 604800, got a string ('x')",

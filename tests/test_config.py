@@ -15,7 +15,7 @@ from enrgdaq_core.jobs.sensor import SensorConfig, SensorJob
 from enrgdaq_core.jobs.test_job import TestJob as SeedTestJob
 
 SENSOR_KEYS = (
-    "channels, daq_job_type, daq_job_unique_id, drift_per_hour, interval_seconds, mean, name, "
+    "broker_queue_mb, channels, daq_job_type, daq_job_unique_id, drift_per_hour, interval_seconds, mean, name, "
     "noise, remote_config, restart, rows_per_step, seed, store_config, tag, verbosity"
 )
 CSV_KEYS = (

@@ -88,6 +88,9 @@ class ListOutput:
     def close(self) -> None:
         pass
 
+    def stats(self) -> dict[str, int]:
+        return {}
+
 
 class FakeTelemetry:
     def __init__(self) -> None:

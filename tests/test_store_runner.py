@@ -460,3 +460,35 @@ def test_held_rows_are_written_before_a_new_schema_is_decoded(tmp_path: Path) ->
     other = Source("o", store={"csv": {}})
     runner.handle(_as_received(other.table(pa.table({"x": pa.array([1.5], pa.float64())}))))
     assert be.writes == [("s", 5)]  # s's held rows went out before o's schema was decoded
+
+
+@pytest.mark.parametrize("first_seq", [0, 7])
+def test_a_store_killed_before_its_first_write_counts_what_it_never_wrote(
+    tmp_path: Path, first_seq: int
+) -> None:
+    """The state mark is written on a source's first receipt, not only after a flush: a store
+    that dies holding rows it never wrote (a kill -9 before its first write) leaves a mark, and
+    its next process counts those rows as lost (issue 16)."""
+    from enrgdaq_core.stores.base import StoreOptions
+    from enrgdaq_core.stores.memory import MemoryBackend
+
+    src = Source("s")
+    envs = [src.table(sample_table(i, 1)) for i in range(30)]
+    state = tmp_path / "state.json"
+    killed = StoreRunner(
+        MemoryBackend(StoreOptions(flush_rows=1000, flush_seconds=3600)),
+        name="m",
+        state_file=state,
+    )
+    for env in envs[first_seq:12]:  # received (the store joined at first_seq), never written
+        killed.handle(env)
+    assert killed.meter.rows_out == 0 and killed.pending_rows == 12 - first_seq
+    # no shutdown: the process is gone; the next one reads its state file
+    backend = MemoryBackend()
+    again = StoreRunner(backend, name="m", state_file=state)
+    again.run(ListInput(envs[15:]), StopFlag())
+    stored = len(backend.table("s"))
+    assert stored == 15
+    # joined at first_seq: numbers before it were never ours; 12..14 were never received
+    assert again.meter.sequences.lost == {"s": 15 - first_seq}
+    assert stored + again.meter.sequences.total_lost == len(envs) - first_seq

@@ -226,12 +226,15 @@ def test_output_close_waits_for_the_broker_and_reports_what_it_could_not_confirm
     wait_for(lambda: out.unconfirmed() == 0, what="the broker to count 3 messages")
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(10)
+    # the output notices the broker is gone and holds what it sends (issue 16)
+    wait_for(lambda: out.stats()["broker_outages"] == 1, what="the output to see the outage")
     out.send(src.raw(b"y"))
+    assert out.stats()["held"] == 1 and out.unconfirmed() == 4
     with pytest.raises(ConnectionError) as exc:
         out.close()
     assert str(exc.value) == (
-        f"the broker at {addr.inbound} took no message for 0.5 s: "
-        "4 sent message(s) not confirmed, maybe lost"
+        f"the broker at {addr.inbound} did not come back: "
+        "1 message(s) held while it was away are lost"
     )
 
 

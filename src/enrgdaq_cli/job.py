@@ -48,6 +48,15 @@ def run(
         typer.Option(min=1, help="Stop after this many data messages.", show_default=False),
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 10.0,
+    broker_queue_mb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="MiB held while the broker is away, then dropped and counted "
+            "[default: the config's broker_queue_mb].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from enrgdaq_core.broker_client import claim
     from enrgdaq_core.channels import BrokerOutput, open_output, stdout_is_pipe
@@ -66,7 +75,10 @@ def run(
         run_number = run_number or int(os.environ.get("DAQ_RUN", "0"))
         meta = {"writer": "daq job run", "source": job.name, "run": run_number}
         try:
-            out = open_output(target, addr, meta=meta, wait=wait, interrupt=stop.is_set)
+            queue_mb = broker_queue_mb or job.config.broker_queue_mb
+            out = open_output(
+                target, addr, meta=meta, wait=wait, interrupt=stop.is_set, queue_mb=queue_mb
+            )
         except FileExistsError:
             fail(
                 f"{target} exists: choose a new file (run files are never overwritten)", EXIT_USAGE

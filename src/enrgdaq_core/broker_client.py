@@ -38,6 +38,7 @@ __all__ = [
     "SubscriptionsQuery",
     "claim",
     "query",
+    "subscribers_of",
     "wait_for_subscriptions",
     "waiting_line",
 ]
@@ -135,6 +136,19 @@ def query(
         expect="broker",
         hint=f" ({START_HINT})",
     )
+
+
+def subscribers_of(snapshot: dict[str, Any], topic: str) -> int:
+    """How many lossless consumers of a broker snapshot get `topic`: exact subscriptions
+    (listed with a trailing `$`) to it and prefix subscriptions it starts with."""
+    counts = snapshot.get("subscribers") or {}
+    total = 0
+    for sub, n in counts.items():
+        if sub.endswith("$"):
+            total += n if sub[:-1] == topic else 0
+        elif topic.startswith(sub):
+            total += n
+    return total
 
 
 def wait_for_subscriptions(

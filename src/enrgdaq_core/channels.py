@@ -23,10 +23,20 @@ import zmq
 from enrgdaq_core.broker_client import NOTICE_AFTER, START_HINT, waiting_line
 from enrgdaq_core.envelope import Envelope
 from enrgdaq_core.stream import StreamDamage, StreamError, StreamReader, StreamWriter
-from enrgdaq_core.transport import BrokerAddress, CurveKeys, Mode, Publisher, Subscriber
+from enrgdaq_core.transport import (
+    SOURCE_QUEUE_MB,
+    BrokerAddress,
+    CurveKeys,
+    Mode,
+    Publisher,
+    Subscriber,
+)
+
+log = logging.getLogger("enrgdaq.output")
 
 __all__ = [
     "FLUSH_EVERY",
+    "RESUBSCRIBE_GRACE",
     "BrokerInput",
     "BrokerOutput",
     "EndOfInput",
@@ -64,6 +74,99 @@ class Output(Protocol):
     def close(self) -> None:
         """Deliver the rest and release; may raise ConnectionError when delivery failed."""
 
+    def stats(self) -> dict[str, Any]:
+        """The output's own figures for the producer's heartbeat (`extra`): what it holds
+        back, what it dropped. Empty where it never holds or drops anything."""
+
+
+RESUBSCRIBE_GRACE = 10.0
+"""Seconds a source waits, once a broker is back, for as many lossless consumers of its topics
+as before the outage to subscribe again (a broker forwards what arrives before they have to
+nobody); then it delivers what it held anyway."""
+
+
+class _Link:
+    """Whether the broker takes what a source sends: ZeroMQ's link events, on their own thread.
+
+    `holding` turns True when the connection to the broker is lost and back to False once a
+    broker has shaken hands again and as many lossless consumers of the topics sent as were
+    last seen (the broker's control endpoint, asked every `POLL` seconds while linked) have
+    subscribed to it, or RESUBSCRIBE_GRACE has passed. The owner reads the flag on every send:
+    a plain attribute, no syscall on the data path.
+    """
+
+    POLL = 2.0
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        address: BrokerAddress,
+        keys: CurveKeys | None,
+        topics: Callable[[], list[str]],
+    ) -> None:
+        self.holding = False
+        self.outages = 0
+        self._address = address
+        self._keys = keys
+        self._topics = topics
+        self._known: dict[str, int] = {}  # topic -> its lossless consumers, last seen
+        self._events = publisher.link_events()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker-link", daemon=True)
+        self._thread.start()
+
+    def _consumers(self) -> dict[str, int] | None:
+        from enrgdaq_core.broker_client import query, subscribers_of
+        from enrgdaq_core.reqrep import RemoteError
+
+        try:
+            snap = query(self._address, "subscriptions", timeout=0.5, keys=self._keys)
+        except (TimeoutError, RemoteError):
+            return None
+        return {t: subscribers_of(snap, t) for t in self._topics()}
+
+    def _run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        events = self._events
+        back: float | None = None  # when a broker shook hands again after an outage
+        next_poll = 0.0
+        try:
+            while not self._stop.is_set():
+                if events.poll(200):
+                    event = recv_monitor_message(events)["event"]
+                    if event == zmq.EVENT_DISCONNECTED:
+                        if not self.holding:
+                            self.outages += 1
+                        self.holding, back = True, None
+                    elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.holding:
+                        back = time.monotonic()
+                    elif event == zmq.EVENT_MONITOR_STOPPED:
+                        return
+                now = time.monotonic()
+                if self.holding:
+                    if back is None:
+                        continue
+                    have = self._consumers()
+                    if now - back >= RESUBSCRIBE_GRACE or (
+                        have is not None
+                        and all(have.get(t, 0) >= n for t, n in self._known.items())
+                    ):
+                        self._known.update(have or {})
+                        self.holding = False
+                elif now >= next_poll or len(self._known) != len(self._topics()):
+                    have = self._consumers()
+                    if have is not None:
+                        self._known = have
+                    next_poll = now + self.POLL
+        finally:
+            events.close(linger=0)
+
+    def close(self, publisher: Publisher) -> None:
+        self._stop.set()
+        publisher.stop_link_events()
+        self._thread.join(5)
+
 
 class Input(Protocol):
     """Where a consumer's envelopes come from (broker, pipe, file): what a store and tap take.
@@ -84,7 +187,16 @@ class Input(Protocol):
 
 
 class BrokerOutput:
-    """Publishes to the broker, losslessly, also at the end.
+    """Publishes to the broker, losslessly, also at the end, and holds what it sends while the
+    broker is away.
+
+    While the link to the broker is down (see `_Link`), `send` keeps messages in its own queue,
+    up to `queue_mb` MiB; past that bound a message is dropped and counted (`dropped` in the
+    job's stats; the stores see the gap and count it lost, exactly). Once a broker is back
+    and its consumers have subscribed again, the queue is delivered in order before anything
+    new. Messages already handed to ZeroMQ when the broker died are either delivered to the
+    new broker before its consumers are back or lost with the old broker: the stores count
+    those as lost.
 
     ZMQ's linger is not enough to end a run without loss: when the broker's inbound queue is
     full (a slow store), the broker stops reading our connection, and if we close it then,
@@ -104,10 +216,17 @@ class BrokerOutput:
         keys: CurveKeys | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
         interrupt: Callable[[], bool] | None = None,
+        queue_mb: float = SOURCE_QUEUE_MB,
     ) -> None:
         self.address = address
         self.drain_timeout = drain_timeout
         self.sent: dict[str, int] = {}
+        self.queue_mb = queue_mb
+        self.queue_bytes = int(queue_mb * (1 << 20))
+        self.dropped = 0  # sent while the broker was away, beyond queue_bytes
+        self._held: deque[Envelope] = deque()
+        self._held_bytes = 0
+        self._holding_logged = False
         self._ctx = zmq.Context()
         self.publisher = Publisher(address, keys=keys, ctx=self._ctx)
         self.publisher.interrupt = interrupt
@@ -125,6 +244,8 @@ class BrokerOutput:
         # Without a baseline, counts already on the broker (an earlier run of this source)
         # would look like confirmations: then close() confirms nothing and says so.
         self._baseline: dict[str, int] | None = baseline
+        self._link = _Link(self.publisher, address, keys, lambda: list(self.sent))
+        self.publisher.hold = lambda: self._link.holding
 
     def _wait_ready(self, wait: float) -> bool:
         """Wait for the broker's link, saying at once (after NOTICE_AFTER) that we wait."""
@@ -154,14 +275,69 @@ class BrokerOutput:
         return {t: int(v[0]) for t, v in topics.items()}
 
     def send(self, env: Envelope) -> None:
-        self.publisher.send(env)
         self.sent[env.topic] = self.sent.get(env.topic, 0) + 1
+        if self._held or self._link.holding:  # the broker is away, or what it missed waits
+            self._deliver()
+            if self._held or self._link.holding:
+                self._hold(env)
+                return
+        if not self.publisher.send(env):  # the broker went away while we waited on it
+            self._hold(env)
+
+    def _hold(self, env: Envelope) -> None:
+        if not self._holding_logged:
+            self._holding_logged = True
+            log.warning(
+                "the broker at %s is away: holding what we send (up to %g MiB)",
+                self.address.inbound,
+                self.queue_mb,
+            )
+        size = env.nbytes
+        if self._held_bytes + size > self.queue_bytes:
+            if not self.dropped:
+                log.error(
+                    "%g MiB held while the broker is away: dropping (counted) until it is back",
+                    self.queue_mb,
+                )
+            self.dropped += 1
+            return
+        self._held.append(env)
+        self._held_bytes += size
+
+    def _deliver(self) -> None:
+        """Send what was held, in order, while the broker takes it."""
+        held = self._held
+        if not held or self._link.holding:
+            return
+        n = len(held)
+        while held and not self._link.holding:
+            env = held[0]
+            if not self.publisher.send(env):
+                break
+            held.popleft()
+            self._held_bytes -= env.nbytes
+        if not held:
+            self._holding_logged = False
+            log.info(
+                "the broker at %s is back: delivered %d held message(s)%s",
+                self.address.inbound,
+                n,
+                f"; {self.dropped} dropped beyond the bound so far" if self.dropped else "",
+            )
 
     def flush(self) -> None:
-        pass
+        self._deliver()
 
     def flush_due(self) -> None:
-        pass
+        self._deliver()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "held": len(self._held),
+            "held_mb": round(self._held_bytes / (1 << 20), 3),
+            "dropped": self.dropped,
+            "broker_outages": self._link.outages,
+        }
 
     def unconfirmed(self) -> int:
         """Messages sent that the broker has not counted yet (all of them if it is silent)."""
@@ -176,12 +352,48 @@ class BrokerOutput:
             max(0, self._baseline.get(t, 0) + n - counts.get(t, 0)) for t, n in self.sent.items()
         )
 
+    def _deliver_held(self) -> int:
+        """Wait for the broker to come back and take what was held (`drain_timeout`, or
+        `interrupt_grace` once a stop was requested); returns how many are still held."""
+        publisher = self.publisher
+        start = time.monotonic()
+        stop_seen: float | None = None
+        while self._held:
+            self._deliver()
+            now = time.monotonic()
+            if not self._held or now - start >= self.drain_timeout:
+                break
+            if publisher.interrupt is not None and publisher.interrupt():
+                stop_seen = stop_seen or now
+                if now - stop_seen >= publisher.interrupt_grace:
+                    break
+            time.sleep(0.05)
+        return len(self._held)
+
+    def _release(self, linger: float) -> None:
+        if self.dropped:
+            log.warning(
+                "dropped %d message(s) beyond the %g MiB held while the broker was away "
+                "(the stores count them lost)",
+                self.dropped,
+                self.queue_mb,
+            )
+        self._link.close(self.publisher)
+        self.publisher.close(linger=linger)
+        self._ctx.term()
+
     def close(self) -> None:
         """Wait until the broker has every message; ConnectionError if it stops taking them."""
         if self.publisher.gave_up is not None:
-            self.publisher.close(linger=0)
-            self._ctx.term()
+            self._release(0)
             raise ConnectionError(f"{self.publisher.gave_up}; messages still queued are lost")
+        held = self._deliver_held()
+        if held:
+            self._release(0)
+            raise ConnectionError(
+                f"the broker at {self.address.inbound} did not come back: "
+                f"{held} message(s) held while it was away are lost"
+            )
         publisher = self.publisher
         left = self.unconfirmed() if self.sent else 0
         moved = time.monotonic()  # when the broker last took something (or the drain began)
@@ -196,8 +408,7 @@ class BrokerOutput:
                 stop_seen = stop_seen or now
                 if now - max(moved, stop_seen) >= publisher.interrupt_grace:
                     why = publisher.give_up()
-                    publisher.close(linger=0)
-                    self._ctx.term()
+                    self._release(0)
                     raise ConnectionError(
                         f"{why}; {left} sent message(s) not confirmed, maybe lost"
                     )
@@ -206,8 +417,7 @@ class BrokerOutput:
             if now_left < left:
                 moved = time.monotonic()
             left = now_left
-        publisher.close(linger=0 if left else 1.0)
-        self._ctx.term()
+        self._release(0 if left else 1.0)
         if left:
             raise ConnectionError(
                 f"the broker at {self.address.inbound} took no message for "
@@ -256,6 +466,9 @@ class StreamOutput:
         with contextlib.suppress(BrokenPipeError):
             self._f.flush()
 
+    def stats(self) -> dict[str, Any]:
+        return {}
+
 
 class RunFileOutput:
     """A new run file with its index (`daq replay -o FILE`: a cut of a run is itself a run file).
@@ -279,6 +492,9 @@ class RunFileOutput:
 
     def close(self) -> None:
         self.writer.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
 
 class BrokerInput:
@@ -424,13 +640,15 @@ def open_output(
     wait: float | None = 10.0,
     keys: CurveKeys | None = None,
     interrupt: Callable[[], bool] | None = None,
+    queue_mb: float = SOURCE_QUEUE_MB,
 ) -> Output:
-    """`-` writes the stream to stdout; None or `broker` publishes to the broker; anything else
-    is a new file (FileExistsError if it exists)."""
+    """`-` writes the stream to stdout; None or `broker` publishes to the broker (holding up to
+    `queue_mb` MiB while it is away); anything else is a new file (FileExistsError if it
+    exists)."""
     if target == "-":
         return StreamOutput(sys.stdout.buffer, meta)
     if target in (None, "broker"):
-        return BrokerOutput(address, wait=wait, keys=keys, interrupt=interrupt)
+        return BrokerOutput(address, wait=wait, keys=keys, interrupt=interrupt, queue_mb=queue_mb)
     # "x": never truncate an existing file (a run file written earlier is data)
     return StreamOutput(open(target, "xb"), meta)  # noqa: SIM115 - closed by the caller
 

@@ -47,6 +47,7 @@ __all__ = [
     "CurveKeys",
     "Mode",
     "Publisher",
+    "SOURCE_QUEUE_MB",
     "RuntimeDirError",
     "Subscriber",
     "TelemetryPublisher",
@@ -62,6 +63,9 @@ TELEMETRY_TOPICS = (b"stats.", b"alert.", b"log.")
 """Topic frames (prefixes) of telemetry: what `TelemetryPublisher` sends to the broker's `tel`
 endpoint. The broker republishes them to monitors from there, and forwards them on `out` too
 (for lossless consumers of alerts or logs) while the data path moves."""
+SOURCE_QUEUE_MB = 64.0
+"""What a source holds, in MiB of messages, while the broker is away (`channels.BrokerOutput`):
+the default of the job config key `broker_queue_mb` and of `daq job run --broker-queue-mb`."""
 
 Mode = Literal["lossless", "monitor"]
 """A consumer's kind: `lossless` (the broker's `out`: backpressure, never loss) or `monitor`
@@ -336,6 +340,21 @@ class Publisher:
             if msg[:1] == b"\x01":
                 self._subscribed = True
 
+    def link_events(self) -> zmq.Socket:
+        """A PAIR socket that receives this socket's link events (the broker connection lost,
+        a handshake with it done): ZeroMQ's socket monitor. Read it on one thread only; stop
+        it with `stop_link_events()` before `close()`."""
+        return self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+    def stop_link_events(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disable_monitor()
+
+    hold: Callable[[], bool] | None = None
+    """Set by the owner (`channels.BrokerOutput`): while it returns True, a send waiting on
+    backpressure stops waiting and returns False, so the owner keeps the message (a queue
+    that is full because the broker died will not drain)."""
+
     interrupt: Callable[[], bool] | None = None
     """Set by the owner (the job runtime's stop flag): once it returns True, a send stuck on
     backpressure gives up after `interrupt_grace` seconds instead of blocking forever (a
@@ -348,7 +367,7 @@ class Publisher:
     gave_up: str | None = None  # why sending stopped for good (then every send raises it)
 
     def send(self, env: Envelope, *, timeout: float | None = None) -> bool:
-        """Send; blocks under backpressure (up to `timeout`, then False).
+        """Send; blocks under backpressure (up to `timeout`, or while `hold` says, then False).
 
         XPUB reports POLLOUT even when full, so waiting is a NOBLOCK retry loop on the first
         frame; the other frames never block once the first is in (libzmq counts whole messages
@@ -387,6 +406,8 @@ class Publisher:
                 self.on_wait()
             now = time.monotonic()
             if timeout is not None and now - start >= timeout:
+                return False
+            if self.hold is not None and self.hold():
                 return False
             if self.interrupt is not None and self.interrupt():
                 stop_seen = stop_seen or now

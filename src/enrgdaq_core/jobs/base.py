@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import msgspec
 
 from enrgdaq_core.store_config import StoreConfig
+from enrgdaq_core.transport import SOURCE_QUEUE_MB
 
 __all__ = ["MAX_INTERVAL", "Interval", "Job", "JobConfig", "Paced", "RemoteConfig", "as_outputs"]
 
@@ -24,6 +25,9 @@ Paced = Annotated[float, msgspec.Meta(gt=0, le=MAX_INTERVAL)]
 
 if TYPE_CHECKING:
     from enrgdaq_core.transport import BrokerAddress
+
+QueueMB = Annotated[float, msgspec.Meta(gt=0, le=1 << 20)]
+"""`broker_queue_mb`: MiB a source holds while the broker is away (at most 1 TiB)."""
 
 
 class RemoteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +53,8 @@ class JobConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     - `tag`: a label stamped on every message (stores may put it in file names).
     - `verbosity`: the job's log level.
     - `restart`: what `daq up` does when the process exits: always, on-failure, never.
+    - `broker_queue_mb`: MiB of messages the job holds while the broker is away, delivered
+      when it is back; beyond it messages are dropped and counted (`dropped` in its stats).
     - `store_config`: `[store_config.<backend>]` tables, carried in every header so the
       stores know where this source's data goes.
     - `remote_config`, `daq_job_unique_id`: accepted for seed configs; not used.
@@ -60,6 +66,7 @@ class JobConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tag: str = ""
     verbosity: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     restart: Literal["always", "on-failure", "never"] = "always"
+    broker_queue_mb: QueueMB = SOURCE_QUEUE_MB
     store_config: StoreConfig = msgspec.field(default_factory=StoreConfig)
     remote_config: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
     daq_job_unique_id: str | None = None

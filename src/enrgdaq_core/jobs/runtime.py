@@ -58,6 +58,7 @@ def run_job(
         now = time.monotonic()
         if now < next_report:
             return
+        _output_figures(meter, output)
         report = meter.report()
         if telemetry is not None:
             telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
@@ -112,8 +113,17 @@ def run_job(
             job.stop()
             meter.msgs_out = max(meter.msgs_out, sent)
             if telemetry is not None and stats:
+                _output_figures(meter, output)
                 report = meter.report()
                 report.extra["final"] = True
                 telemetry.send(stats_source.control(Kind.STATS, stats_source.topic, report))
     log.info("%s: %d messages sent, then end-of-stream", job.name, sent)  # a clean end only
     return meter
+
+
+def _output_figures(meter: Meter, output: Output) -> None:
+    """The output's own figures in the heartbeat: what it holds back (`queue`, `held`) and
+    what it dropped while the broker was away (`dropped`)."""
+    figures = output.stats()
+    meter.extra.update(figures)
+    meter.queue = int(figures.get("held", 0))

@@ -238,6 +238,27 @@ class StoreRunner:
         if pos is None or self._marks.get(source) == list(pos):
             return
         self._marks[source] = list(pos)
+        self._write_marks()
+
+    def _mark_first(self, h: Header, gap: int) -> None:
+        """Record a source's position on its first receipt, before its first row is buffered.
+
+        Until now a source without a mark was new to a restarted store, which took its first
+        message for the start of the stream: a store killed before its first completed write
+        lost those rows uncounted. The mark says "nothing of this epoch written below here":
+        the message's number, less one and less the gap counted just before it (the numbers
+        below it were never ours, or are lost and counted again by a restarted store). One
+        write per source the state file does not know; a later epoch needs none, since a
+        restarted store counts a newer epoch than its mark from -1 anyway.
+        """
+        pos = self.meter.sequences.position(h.source)
+        if pos is None or pos[0] != h.epoch:
+            return  # out of epoch: the source's track did not move
+        self._marks[h.source] = [h.epoch, min(pos[1], h.seq - 1 - gap)]
+        self._write_marks()
+
+    def _write_marks(self) -> None:
+        assert self._state_file is not None
         try:
             atomic_write(self._state_file, json.dumps({"written": self._marks}))
         except OSError as exc:
@@ -441,6 +462,8 @@ class StoreRunner:
         if self.require_target and self.backend.name not in h.store:
             self.not_targeted += 1  # subscribed to all data: keep only what names this backend
             return
+        if h.source not in self._marks and self._state_file is not None:
+            self._mark_first(h, gap)
         try:
             slot = self._slot_for(env)
             self._add(slot, env)
