@@ -176,12 +176,14 @@ def start_feeder(
 
 
 class ListInput:
-    """An input that hands out these envelopes, then ends (a runner fed in-process)."""
+    """An input that hands out these envelopes, then ends (a runner fed in-process); it says
+    how many messages it could not decode, as a Subscriber does."""
 
     damage = None
 
-    def __init__(self, envs: list[Envelope]) -> None:
+    def __init__(self, envs: list[Envelope], undecodable: int = 0) -> None:
         self.envs = list(envs)
+        self.undecodable = undecodable
 
     def recv(self, timeout: float | None = None) -> Envelope | None:
         from enrgdaq_core.channels import EndOfInput

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import zmq
 
-from _store_data import broker_store, sample_table, source, stream_bytes, subscribers
+from _store_data import ListInput, broker_store, sample_table, source, stream_bytes, subscribers
 from conftest import Procs, wait_for
 from enrgdaq_core.envelope import Envelope, Header, Kind, Source, encode_header, topic_frame
 from enrgdaq_core.monitor import Monitor
@@ -176,26 +176,6 @@ def test_meter_reports_every_count_apart() -> None:
 # -- the store runner ---------------------------------------------------------------------------
 
 
-class _Input:
-    """A finite input that says how many messages it could not decode (as a Subscriber)."""
-
-    damage = None
-
-    def __init__(self, envs: list[Envelope], undecodable: int = 0) -> None:
-        self.envs = list(envs)
-        self.undecodable = undecodable
-
-    def recv(self, timeout: float | None = None) -> Envelope | None:
-        from enrgdaq_core.channels import EndOfInput
-
-        if not self.envs:
-            raise EndOfInput
-        return self.envs.pop(0)
-
-    def close(self) -> None:
-        pass
-
-
 def _with_seq(env: Envelope, seq: int, payload: bytes | None = None) -> Envelope:
     """`env` with another sequence number (a forged header), and maybe another payload."""
     header = msgspec.structs.replace(env.header, seq=seq)
@@ -206,7 +186,7 @@ def test_the_store_writes_a_duplicate_once_and_reports_the_input_undecodable() -
     src = Source("s")
     envs = [src.table(sample_table(i, 1)) for i in range(5)]
     backend = MemoryBackend()
-    result = StoreRunner(backend, name="m").run(_Input(envs + envs, undecodable=7), StopFlag())
+    result = StoreRunner(backend, name="m").run(ListInput(envs + envs, undecodable=7), StopFlag())
     assert backend.table("s")["i64"].to_pylist() == sample_table(0, 5)["i64"].to_pylist()
     assert result.meter.sequences.duplicates == {"s": 5}
     report = result.meter.report()
@@ -220,13 +200,13 @@ def test_the_state_file_never_holds_a_forged_number(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     backend = MemoryBackend()
     runner = StoreRunner(backend, name="m", state_file=state)
-    runner.run(_Input([*envs[:5], forged, *envs[5:]]), StopFlag())
+    runner.run(ListInput([*envs[:5], forged, *envs[5:]]), StopFlag())
     assert json.loads(state.read_text())["written"]["s"] == [src.epoch, 9]
     assert len(backend.table("s")) == 11  # the forged message is data too: kept, counted
     assert runner.meter.sequences.jumps == {"s": 1} and runner.meter.sequences.lost == {}
     # the next process of the store goes on from 9: the real 10 is no duplicate, no loss
     again = StoreRunner(MemoryBackend(), name="m", state_file=state)
-    again.run(_Input([src.table(sample_table(10, 1))]), StopFlag())
+    again.run(ListInput([src.table(sample_table(10, 1))]), StopFlag())
     seqs = again.meter.sequences
     assert seqs.lost == {} and seqs.duplicates == {} and seqs.jumps == {}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from _store_data import (
+    ListInput,
     broker_store,
     envelopes,
     sample_table,
@@ -277,23 +278,6 @@ def test_bad_snapshot_path_is_a_config_error(procs: Procs, tmp_path: Path) -> No
     assert b"snapshot" in p.stderr and b"nowhere" in p.stderr and b"Traceback" not in p.stderr
 
 
-class _ListInput:
-    damage = None
-
-    def __init__(self, envs: list[Envelope]) -> None:
-        self.envs = list(envs)
-
-    def recv(self, timeout: float | None = None) -> Envelope | None:
-        from enrgdaq_core.channels import EndOfInput
-
-        if not self.envs:
-            raise EndOfInput
-        return self.envs.pop(0)
-
-    def close(self) -> None:
-        pass
-
-
 def test_shared_file_rotates_as_one_and_keeps_arrival_order(tmp_path: Path) -> None:
     """Two sources in one rotating file (in-process runner): every part holds both, and the
     parts in order give back the exact arrival order."""
@@ -310,7 +294,7 @@ def test_shared_file_rotates_as_one_and_keeps_arrival_order(tmp_path: Path) -> N
     envs += [a.end_of_stream(), b.end_of_stream()]
     backend, overrides = build_backend("raw", flags={"out_dir": str(tmp_path)})
     runner = StoreRunner(backend, name="t", settings_override=overrides)
-    result = runner.run(_ListInput(envs), StopFlag())
+    result = runner.run(ListInput(envs), StopFlag())
     assert result.failed_rows == 0
     parts = sorted((open_part(p) for p in tmp_path.glob("shared*.raw")), key=lambda p: p.part)
     assert len(parts) >= 3
@@ -391,7 +375,7 @@ def test_run_file_lives_as_long_as_its_run_in_process(tmp_path: Path) -> None:
     assert not open_part(run7).index.complete  # type: ignore[union-attr]  # still open
     runner.handle(c.raw(b"run 8"))  # a later run: run 7's idle file is over
     assert open_part(run7).index.complete  # type: ignore[union-attr]
-    runner.run(_ListInput([c.end_of_stream()]), StopFlag())
+    runner.run(ListInput([c.end_of_stream()]), StopFlag())
     assert [(e.header.source, e.header.seq) for e in records(run7)] == [
         (e.header.source, e.header.seq) for e in first + second if e.header.source != "alone"
     ]
