@@ -41,7 +41,9 @@ from enrgdaq_core.envelope import Kind
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-HEARTBEAT = 3.0
+HEARTBEAT = (
+    6.0  # short, to keep the matrix quick; 3 s proved too tight for a healthy HDF5 store at load 10
+)
 SOURCE = "counter"
 COUNTER = f"""
 daq_job_type = "_counting_job:CountingJob"
