@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -195,6 +197,7 @@ class Witness:
         self.topics = list(topics)
         self.seen: dict[str, dict[int, list[int]]] = {}  # source -> epoch -> seqs
         self.eos: dict[str, dict[int, int]] = {}
+        self.first: dict[str, dict[int, Any]] = {}  # source -> epoch -> its first data message
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -218,6 +221,7 @@ class Witness:
                     self.eos.setdefault(h.source, {})[h.epoch] = h.seq
                 else:
                     self.seen.setdefault(h.source, {}).setdefault(h.epoch, []).append(h.seq)
+                    self.first.setdefault(h.source, {}).setdefault(h.epoch, env)
         finally:
             sub.close()
 
@@ -228,16 +232,16 @@ class Witness:
         self._stop.set()
         self._thread.join(10)
 
+    def tops(self, source: str) -> dict[int, int]:
+        """Per epoch, how many data messages left `source` (its end-of-stream's number, which
+        counts every data message before it, else the highest sequence number seen + 1)."""
+        eos = self.eos.get(source, {})
+        seen = self.seen.get(source, {})
+        return {e: eos[e] if e in eos else max(seen[e]) + 1 for e in set(seen) | set(eos)}
+
     def sent(self, source: str) -> int:
         """Data messages that left `source`, over every epoch the witness saw."""
-        epochs = set(self.seen.get(source, {})) | set(self.eos.get(source, {}))
-        total = 0
-        for epoch in epochs:
-            if epoch in self.eos.get(source, {}):
-                total += self.eos[source][epoch]
-            else:
-                total += max(self.seen[source][epoch]) + 1
-        return total
+        return sum(self.tops(source).values())
 
 
 def csv_rows(paths: Iterable[Path]) -> int:
@@ -269,3 +273,34 @@ def raw_records(paths: Iterable[Path]) -> list[Any]:
 def stats_csv(out: Path) -> dict[str, dict[str, str]]:
     with open(out / "stats.csv", newline="") as f:
         return {row["daq_job"]: row for row in csv.DictReader(f)}
+
+
+def root_rows(paths: Iterable[Path], tree: str) -> int:
+    """Entries of the tree `tree` in ROOT files (uproot)."""
+    import uproot
+
+    total = 0
+    for path in paths:
+        with uproot.open(path) as f:
+            total += f[tree].num_entries
+    return total
+
+
+# `2026-11-25 14:30:05,123 INFO [store-csv] store-csv: 812 rows in 9 writes ... 0 lost upstream`
+STORE_SUMMARY = re.compile(
+    r"^(\S+ \S+) INFO \[(\S+)\] \2: (\d+) rows in .* (\d+) lost upstream(?:,.*)?$"
+)
+
+
+def log_time(stamp: str) -> dt.datetime:
+    """The time of a log line's `2026-11-25 14:30:05,123` stamp."""
+    return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+
+
+def last_line(log: Path, pattern: re.Pattern[str]) -> re.Match[str] | None:
+    """The last line of `log` that matches `pattern`."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        m = pattern.match(line)
+        if m:
+            return m
+    return None

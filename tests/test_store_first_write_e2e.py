@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from _supervision import SENSOR_JOB, Up, Witness, csv_rows, stats_csv
+from _supervision import SENSOR_JOB, Up, Witness, csv_rows, root_rows, stats_csv
 from _supervision import config_dir as make_config_dir
 from conftest import Procs
 
@@ -41,16 +41,6 @@ def up(procs: Procs, runtime_dir: Path, tmp_path: Path) -> Iterator[Up]:
     u = Up(procs, make_config_dir(tmp_path, {"sensor.toml": SENSOR_JOB + HELD}), runtime_dir)
     yield u
     u.finish()
-
-
-def _root_rows(out: Path) -> int:
-    import uproot
-
-    total = 0
-    for path in out.glob("sensor1*.root"):
-        with uproot.open(path) as f:
-            total += f["sensor1"].num_entries
-    return total
 
 
 def test_stores_killed_before_their_first_write_count_every_row_they_held(up: Up) -> None:
@@ -91,7 +81,10 @@ def test_stores_killed_before_their_first_write_count_every_row_they_held(up: Up
     assert sent > 0
     stats = stats_csv(up.out)
     lost = {name: int(stats[name]["lost"]) for name in STORES}
-    stored = {"store-csv": csv_rows(up.out.glob("sensor1*.csv")), "store-root": _root_rows(up.out)}
+    stored = {
+        "store-csv": csv_rows(up.out.glob("sensor1*.csv")),
+        "store-root": root_rows(up.out.glob("sensor1*.root"), "sensor1"),
+    }
     for name in STORES:
         assert lost[name] > 0, (name, lost, stored, sent)  # what the killed process held
         assert stored[name] + lost[name] == sent, (name, lost, stored, sent)

@@ -9,7 +9,6 @@ the run was aborted; each child's last lines are in its log file.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -18,7 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from _supervision import SENSOR_JOB, Up, Witness, csv_rows, raw_records, stats_csv
+from _supervision import (
+    SENSOR_JOB,
+    STORE_SUMMARY,
+    Up,
+    Witness,
+    csv_rows,
+    last_line,
+    log_time,
+    raw_records,
+    root_rows,
+    stats_csv,
+)
 from _supervision import config_dir as make_config_dir
 from conftest import Procs, wait_for
 from enrgdaq_core.envelope import Kind
@@ -39,32 +49,6 @@ file_path = "sensor1.raw"
 """
 )
 STORES = ("store-csv", "store-root", "store-raw")
-# `2026-11-25 14:30:05,123 INFO [store-csv] store-csv: 812 rows in 9 writes ... 0 lost upstream`
-_SUMMARY = re.compile(
-    r"^(\S+ \S+) INFO \[(\S+)\] \2: (\d+) rows in .* (\d+) lost upstream(?:,.*)?$"
-)
-
-
-def _root_rows(out: Path) -> int:
-    import uproot
-
-    total = 0
-    for path in out.glob("sensor1*.root"):
-        with uproot.open(path) as f:
-            total += f["sensor1"].num_entries
-    return total
-
-
-def _when(stamp: str) -> dt.datetime:
-    return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-
-
-def _last_line(log: Path, pattern: re.Pattern[str]) -> re.Match[str] | None:
-    for line in reversed(log.read_text(errors="replace").splitlines()):
-        m = pattern.match(line)
-        if m:
-            return m
-    return None
 
 
 def test_kill_9_of_daq_up_stops_the_children_in_order_losing_nothing(
@@ -98,12 +82,12 @@ def test_kill_9_of_daq_up_stops_the_children_in_order_losing_nothing(
     # each store's last line (in its own log file, written after daq up died) counts its loss
     summary = {}
     for store in STORES:
-        m = _last_line(logs / f"{store}.log", _SUMMARY)
+        m = last_line(logs / f"{store}.log", STORE_SUMMARY)
         assert m is not None, (logs / f"{store}.log").read_text()[-3000:]
-        summary[store] = (_when(m[1]), int(m[3]), int(m[4]))
+        summary[store] = (log_time(m[1]), int(m[3]), int(m[4]))
     stored = {
         "store-csv": csv_rows(out.glob("sensor1*.csv")),
-        "store-root": _root_rows(out),
+        "store-root": root_rows(out.glob("sensor1*.root"), "sensor1"),
         "store-raw": sum(1 for e in raw_records(out.glob("sensor1*.raw")) if e.kind is Kind.TABLE),
     }
     for store in STORES:
@@ -118,9 +102,9 @@ def test_kill_9_of_daq_up_stops_the_children_in_order_losing_nothing(
 
     # the broker left last: its last line follows every store's
     broker_log = (logs / "broker.log").read_text(errors="replace")
-    m = _last_line(logs / "broker.log", re.compile(r"^(\S+ \S+) INFO \[broker\] no client left"))
+    m = last_line(logs / "broker.log", re.compile(r"^(\S+ \S+) INFO \[broker\] no client left"))
     assert m is not None, broker_log[-3000:]
-    assert all(summary[s][0] <= _when(m[1]) for s in STORES), (summary, m[0])
+    assert all(summary[s][0] <= log_time(m[1]) for s in STORES), (summary, m[0])
     assert "broker broker stopped" in broker_log.splitlines()[-2:], broker_log[-3000:]
     # each child says it found daq up gone, in its own log, and wrote on there without a
     # failed write to the dead pipe

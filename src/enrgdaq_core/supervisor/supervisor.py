@@ -58,6 +58,10 @@ BROKER_READY_TIMEOUT = 30.0
 _IMMEDIATE = {"requested"}
 
 
+_STALL = 2.5  # s between two steps of our loop (a tick is POLL_SECONDS) that mean it stalled
+_STALL_GRACE = 2.0  # s after such a stall before any piece is judged: queued reports are read
+
+
 class Supervisor:
     def __init__(
         self,
@@ -98,6 +102,11 @@ class Supervisor:
         self.broker_ready_at = 0.0  # monotonic time the current broker answered; 0: not yet
         self._broker_answered = 0.0  # when its control endpoint last answered a liveness check
         self._broker_asked = 0.0
+        # No piece is judged before this (monotonic s): set after our own loop stalled (a
+        # SIGSTOP, a swapped-out machine), when every report we hold is old through no fault
+        # of the pieces, until the queued ones have been read.
+        self._judge_from = 0.0
+        self._last_step = time.monotonic()
         self.gate_since = 0.0
         self._feed: StatsFeed | None = None
         self._control: ControlServer | None = None
@@ -238,6 +247,14 @@ class Supervisor:
                 assert self._control is not None
                 self._control.reply(answer)
         now = time.monotonic()
+        if now - self._last_step > _STALL:
+            self._judge_from = now + _STALL_GRACE
+            log.info(
+                "supervisor loop stalled for %.1fs: judging no heartbeat for %gs",
+                now - self._last_step,
+                _STALL_GRACE,
+            )
+        self._last_step = now
         self._supervise(now)
         if self.phase == "running":
             self._gate_sources(now)
@@ -318,7 +335,7 @@ class Supervisor:
 
     def _check_heartbeat(self, child: Child, now: float) -> None:
         settings = self.plan.config.restart
-        if not settings.heartbeat_timeout or child.state != "running":
+        if not settings.heartbeat_timeout or child.state != "running" or now < self._judge_from:
             return
         # Without a broker no report can arrive: judge the others only while it works.
         if child is not self.broker and (not self.broker_ready_at or self._broker_stale(now)):
@@ -334,7 +351,11 @@ class Supervisor:
             timeout = max(timeout, settings.start_timeout)
         if child is not self.broker:
             since = max(since, self.broker_ready_at)
-        silent = now - since
+            # A piece's reports pass the broker: its silence counts only up to the broker's
+            # last sign of life, so a stalled broker never makes its healthy pieces look hung.
+            silent = min(now, self._broker_seen(now)) - since
+        else:
+            silent = now - since
         if silent > timeout:
             log.warning(
                 "%s: no heartbeat for %.1fs (pid %s): hung; killing it",
