@@ -40,6 +40,15 @@ interval_seconds = 0.02
 channels = 2
 """
 
+SENSOR_CSV_JOB = (
+    SENSOR_JOB
+    + """
+[store_config.csv]
+file_path = "sensor1.csv"
+"""
+)
+"""The sensor into one csv store: the smallest `daq up` with data."""
+
 TEST_JOB = """
 daq_job_type = "DAQJobTest"
 interval_seconds = 0.05

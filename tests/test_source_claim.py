@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from _supervision import SENSOR_JOB, Up, Witness, csv_rows, stats_csv
+from _supervision import SENSOR_CSV_JOB, Up, Witness, csv_rows, stats_csv
 from _supervision import config_dir as make_config_dir
 from conftest import Procs, wait_for, write
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SENSOR = (
-    SENSOR_JOB
-    + """
-[store_config.csv]
-file_path = "sensor1.csv"
-"""
-)
+SENSOR = SENSOR_CSV_JOB
 
 
 @pytest.fixture

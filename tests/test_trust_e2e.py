@@ -19,18 +19,12 @@ import pytest
 import zmq
 
 import conftest
-from _supervision import SENSOR_JOB, Up, config_dir
+from _supervision import SENSOR_CSV_JOB, Up, config_dir
 from conftest import Procs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SENSOR = (
-    SENSOR_JOB
-    + """
-[store_config.csv]
-file_path = "sensor1.csv"
-"""
-)
+SENSOR = SENSOR_CSV_JOB
 
 _ENC = msgspec.msgpack.encode
 _NESTED = b"\x91" * 50_000 + b"\x01"
